@@ -1,0 +1,3 @@
+"""talbench: reproducible temporal action localization benchmarks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""The `talbench` command line: thin wrappers that do I/O and call the library.
+
+Heavy imports stay inside the commands so `talbench --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from talbench.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproducible temporal action localization benchmarks.")
+
+ParamsOption = Annotated[Optional[Path], typer.Option("--params", help="params.yaml holding the dataset registry (default: ./params.yaml).")]
+
+
+def _twins(params: Optional[Path], likes: list[str], scale: str, seed: int, out: Path, unpack: bool, check_md5: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from talbench.data.archive import safe_extract
+    from talbench.data.registry import load_params, load_registry
+    from talbench.data.synthetic import PROFILES, SCALES, write_twin
+
+    if scale not in SCALES:
+        raise InputError("--scale", scale, "scale", f"expected one of {', '.join(SCALES)}")
+    registry = load_registry(params)
+    params_path, raw = load_params(params)
+    recorded = (raw.get("synthetic") or {}).get("md5") or {}
+    for like in likes:
+        if like not in PROFILES:
+            from talbench.data.registry import unknown
+
+            raise InputError("LIKE", like, "like", unknown(like, PROFILES))
+    stats_table = Table(title=f"Synthetic twins, scale {scale}, seed {seed}")
+    for col in ("twin", "subset", "videos", "instances", "classes", "video s", "action s"):
+        stats_table.add_column(col, justify="left" if col in ("twin", "subset") else "right")
+    archive_table = Table(title=f"Archives in {out}")
+    for col in ("archive", "MiB", "files", "md5"):
+        archive_table.add_column(col, justify="right" if col in ("MiB", "files") else "left")
+    mismatches = []
+    for like in likes:
+        summary = write_twin(registry.dataset(like), scale, seed, out)
+        if unpack:
+            safe_extract(summary.archive, out)
+        expected = (recorded.get(like) or {}).get(scale) if seed == 0 else None
+        if expected is not None and expected != summary.md5:
+            mismatches.append(like)
+        status = "" if expected is None else (" (as recorded)" if expected == summary.md5 else f" (params.yaml has {expected})")
+        for subset, stats in summary.subsets.items():
+            stats_table.add_row(like, subset, *(str(stats[k]) for k in ("videos", "instances", "classes", "mean_duration_s", "mean_action_s")))
+        archive_table.add_row(summary.archive.name, f"{summary.size_bytes / 2**20:.1f}", str(summary.feature_files), summary.md5 + status)
+    console = Console()
+    console.print(stats_table)
+    console.print(archive_table)
+    if check_md5 and mismatches:
+        raise InputError(params_path, "synthetic.md5", ", ".join(mismatches), "archive md5 differs from the recorded one")
+
+
+@app.command()
+def synth(
+    like: Annotated[str, typer.Argument(help="Which real dataset to twin: thumos14, anet13_tsp, epic100 or ego4d_mq.")],
+    scale: Annotated[str, typer.Option(help="ci (about a minute of training), small, or full (the real sizes).")] = "ci",
+    seed: Annotated[int, typer.Option(help="The same seed gives a byte-identical archive.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for the archive and, unpacked, the dataset.")] = Path("data/synthetic"),
+    unpack: Annotated[bool, typer.Option(help="Also unpack the archive into --out, laid out like the real dataset.")] = True,
+    check_md5: Annotated[bool, typer.Option(help="Fail if the archive's md5 differs from params.yaml (seed 0).")] = False,
+    params: ParamsOption = None,
+) -> None:
+    """Make the synthetic twin of one benchmark dataset, in its real on-disk format."""
+    _twins(params, [like], scale, seed, out, unpack, check_md5)
+
+
+@app.command("synth-all")
+def synth_all(
+    scale: Annotated[str, typer.Option(help="ci, small or full.")] = "ci",
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option()] = Path("data/synthetic"),
+    unpack: Annotated[bool, typer.Option()] = True,
+    check_md5: Annotated[bool, typer.Option()] = False,
+    params: ParamsOption = None,
+) -> None:
+    """Make the synthetic twins of all four benchmarks and print their summary."""
+    from talbench.data.synthetic import PROFILES
+
+    _twins(params, list(PROFILES), scale, seed, out, unpack, check_md5)
+
+
+def main() -> None:
+    try:
+        app()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

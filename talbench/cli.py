@@ -90,6 +90,55 @@ def synth_all(
     _twins(params, list(PROFILES), scale, seed, out, unpack, check_md5)
 
 
+@app.command()
+def score(
+    annotations: Annotated[Path, typer.Option(help="Ground truth in the ActivityNet/ActionFormer annotation format.")],
+    predictions: Annotated[Path, typer.Option(help='{"results": {video_id: [{"label", "score", "segment"}]}}')],
+    subset: Annotated[str, typer.Option(help="Subset of the annotations to score against (case-insensitive).")] = "test",
+    tiou: Annotated[Optional[str], typer.Option(help="Thresholds: '0.3,0.5,0.7' (exact) or '0.3:0.7:5' (np.linspace, as the reference).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Take the tIoU thresholds of this registry dataset (e.g. thumos14).")] = None,
+    top_k: Annotated[str, typer.Option(help="K of Recall@KxN, comma-separated.")] = "1,5",
+    out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (atomically).")] = None,
+    strict: Annotated[bool, typer.Option(help="Predictions on videos missing from the annotations are an error, not false positives.")] = False,
+    per_class: Annotated[bool, typer.Option(help="Also print AP per class.")] = False,
+    params: ParamsOption = None,
+) -> None:
+    """Score detections with the ActivityNet protocol: mAP per tIoU, average mAP, AP per class, Recall@KxN."""
+    from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
+    from talbench.eval.inputs import ground_truth, load_annotations, load_predictions
+    from talbench.io import write_json
+
+    if tiou is not None and dataset is not None:
+        raise InputError("--tiou", tiou, "tiou", "give either --tiou or --dataset, not both")
+    if dataset is not None:
+        from talbench.data.registry import load_registry
+
+        thresholds = load_registry(params).dataset(dataset).tiou_thresholds()
+    else:
+        thresholds = _parse_tious(tiou or "0.5:0.95:10")
+    try:
+        ks = tuple(int(k) for k in top_k.split(","))
+    except ValueError:
+        raise InputError("--top-k", top_k, "top_k", "expected comma-separated integers, e.g. 1,5") from None
+    gt_file = load_annotations(annotations)
+    preds, warnings = load_predictions(predictions, gt_file, strict=strict)
+    result = evaluate_detection(ground_truth(gt_file, subset), preds, thresholds, top_k=ks)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(format_table(result, gt_file.label_names, per_class=per_class))
+    if out is not None:
+        write_json(out, result_to_dict(result, gt_file.label_names))
+
+
+def _parse_tious(spec: str):
+    from talbench.eval.detection import tiou_thresholds
+
+    try:
+        return tiou_thresholds(spec)
+    except ValueError as exc:
+        raise InputError("--tiou", spec, "tiou", str(exc)) from None
+
+
 def main() -> None:
     try:
         app()

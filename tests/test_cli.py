@@ -56,3 +56,51 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def _score_files(tmp_path, results):
+    ann = {"database": {
+        "v1": {"subset": "test", "duration": 30.0, "fps": 30.0, "annotations": [
+            {"label": "Jump", "label_id": 0, "segment": [1.0, 5.0]}, {"label": "Run", "label_id": 1, "segment": [10.0, 20.0]}]},
+        "v2": {"subset": "train", "duration": 30.0, "fps": 30.0, "annotations": [{"label": "Jump", "label_id": 0, "segment": [2.0, 3.0]}]},
+    }}
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    (tmp_path / "pred.json").write_text(json.dumps({"results": results}))
+    return ["score", "--annotations", str(tmp_path / "gt.json"), "--predictions", str(tmp_path / "pred.json"), "--subset", "TEST", "--tiou", "0.5"]
+
+
+def test_score_writes_metrics_and_warns_about_unknown_videos(tmp_path):
+    args = _score_files(tmp_path, {
+        "v1": [{"label": "Jump", "score": 0.9, "segment": [1.0, 5.0]}, {"label": 1, "score": 0.8, "segment": [10.0, 15.0]}],
+        "ghost": [{"label": 0, "score": 0.95, "segment": [1.0, 5.0]}],
+    })
+    result = run(*args, "--out", str(tmp_path / "metrics.json"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # Jump: the ghost prediction ranks first and is a false positive -> AP 0.5; Run: tIoU 0.5 -> AP 1
+    assert metrics["AP_per_class"]["Jump"]["AP@0.50"] == 0.5
+    assert metrics["AP_per_class"]["Run"]["AP@0.50"] == 1.0
+    assert metrics["average_mAP"] == 0.75
+    assert "1 predictions on 1 videos not in" in result.stderr and "ghost" in result.stderr
+    assert "average mAP: 75.00" in result.stdout
+    strict = run(*args, "--strict", "--out", str(tmp_path / "strict.json"))
+    assert strict.returncode == 2 and "ghost" in strict.stderr and not (tmp_path / "strict.json").exists()
+
+
+@pytest.mark.parametrize(
+    "results,needle",
+    [
+        ({"v1": [{"label": "Jump", "score": float("nan"), "segment": [1, 2]}]}, "v1[0]: field 'score'"),
+        ({"v1": [{"label": "Jmup", "score": 0.5, "segment": [1, 2]}]}, "did you mean 'Jump'"),
+        ({"v1": [{"label": "Jump", "score": 0.5, "segment": [3, 2]}]}, "v1[0]: field 'segment'"),
+        ({"v1": [{"label": "Jump", "score": 0.5}]}, "v1[0]: field 'segment'"),
+    ],
+)
+def test_score_rejects_bad_predictions_with_one_line(tmp_path, results, needle):
+    out = tmp_path / "metrics.json"
+    out.write_text("earlier good output")
+    result = run(*_score_files(tmp_path, results), "--out", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pred.json" in lines[0] and needle in lines[0], result.stderr
+    assert out.read_text() == "earlier good output"

@@ -130,6 +130,86 @@ def score(
         write_json(out, result_to_dict(result, gt_file.label_names))
 
 
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value, e.g. --set opt.epochs=3 (repeatable).")]
+
+
+def _overrides(pairs: Optional[list[str]]) -> dict:
+    import yaml
+
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError("--set", pair, "set", "expected section.key=value")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def _config(config: Path, params: Optional[Path], sets: Optional[list[str]]) -> dict:
+    from talbench.config import load_config
+    from talbench.data.registry import load_registry
+
+    resolved, notes = load_config(config, load_registry(params), _overrides(sets))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return resolved
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="An ActionFormer YAML config (the published layout).")],
+    output: Annotated[Path, typer.Option(help="Run folder: checkpoints (last.ckpt), config.yaml, metrics.jsonl.")],
+    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/last.ckpt if it exists.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present).")] = None,
+    sets: SetOption = None,
+    params: ParamsOption = None,
+) -> None:
+    """Train ActionFormer; a checkpoint is written atomically every epoch. Works under torchrun."""
+    from talbench.training import train as run_training
+
+    summary = run_training(_config(config, params, sets), output, resume=resume, device=device)
+    if "history" in summary and summary["history"]:
+        last = summary["history"][-1]
+        print(f"trained {summary['steps']} iterations in {summary['seconds']:.0f} s; last epoch loss {last['final_loss']:.4f}; checkpoint {output / 'last.ckpt'}")
+
+
+@app.command()
+def infer(
+    config: Annotated[Path, typer.Argument(help="The ActionFormer YAML config (its data paths are used).")],
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `talbench train`.")],
+    out: Annotated[Path, typer.Option(help="Detections in the ActivityNet results format.")],
+    split: Annotated[str, typer.Option(help="test (the config's val_split), train, or a subset name.")] = "test",
+    device: Annotated[Optional[str], typer.Option()] = None,
+    raw_weights: Annotated[bool, typer.Option(help="Use the raw weights instead of the EMA weights.")] = False,
+    sets: SetOption = None,
+    params: ParamsOption = None,
+) -> None:
+    """Detect actions in every video of a split; writes what `talbench score` reads."""
+    import torch
+
+    from talbench.inference import check_class_agnostic, predict
+    from talbench.io import write_json
+    from talbench.training import load_checkpoint, pick_device, init_distributed
+
+    resolved = _config(config, params, sets)
+    subsets = {"test": resolved["val_split"], "train": resolved["train_split"]}.get(split, [split])
+    try:
+        _, weights, which = load_checkpoint(checkpoint, "cpu")
+    except FileNotFoundError:
+        raise InputError(checkpoint, "-", "-", "checkpoint not found") from None
+    if raw_weights:
+        weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+        which = "model"
+    from talbench.data.dataset import VideoDataset
+
+    labels = VideoDataset(resolved["dataset"], subsets, is_training=False).label_names
+    if problem := check_class_agnostic(resolved, labels):
+        raise InputError(config, "test_cfg", "ext_score_file", problem)
+    results = predict(resolved, weights, subsets, pick_device(device, init_distributed()))
+    write_json(out, results)
+    print(f"{len(results['results'])} videos, {sum(map(len, results['results'].values()))} detections ({which} weights) -> {out}")
+
+
 def _parse_tious(spec: str):
     from talbench.eval.detection import tiou_thresholds
 

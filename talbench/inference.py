@@ -1,0 +1,113 @@
+"""Inference: a checkpoint and a split in, ActivityNet-format detections out (what `talbench score` reads).
+
+Long videos run in bounded memory: with test_cfg.chunk_size > 0 a video longer than that is cut
+into overlapping windows whose candidates are shifted back and merged before NMS.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from talbench.data.dataset import VideoDataset, VideoItem
+from talbench.errors import InputError
+
+
+def windows(length: int, chunk: int, overlap: float) -> list[int]:
+    """Start steps of windows of `chunk` steps covering `length`, overlapping by `overlap` of a window."""
+    if chunk <= 0 or length <= chunk:
+        return [0]
+    hop = max(1, int(chunk * (1 - overlap)))
+    starts = list(range(0, length - chunk, hop))
+    return starts + [length - chunk]
+
+
+@torch.no_grad()
+def video_candidates(model: torch.nn.Module, item: VideoItem, device: torch.device, test_cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-NMS candidates (grid units) of one video, whole or in overlapping windows."""
+    from talbench.models import pad_batch
+
+    feats = item.feats.to(device)
+    chunk = int(test_cfg.get("chunk_size") or 0)
+    parts = []
+    for start in windows(feats.shape[1], chunk, float(test_cfg.get("chunk_overlap", 0.25))):
+        window = feats[:, start: start + chunk] if chunk > 0 else feats
+        batch, masks = pad_batch([window], model.max_div_factor)
+        out = model(batch, masks)[0]
+        parts.append((out["segments"] + start, out["scores"], out["labels"]))
+    return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
+
+
+def fuse_external_scores(result: dict[str, torch.Tensor], class_scores: list[float], topk: int = 2) -> dict[str, torch.Tensor]:
+    """ActivityNet protocol: class-agnostic segments take the video's top-k classes, score sqrt(p_cls · p_seg)."""
+    scores = torch.as_tensor(class_scores, dtype=torch.float64)
+    top = torch.argsort(scores, descending=True, stable=True)[:topk]
+    seg_scores = result["scores"].double()
+    return {
+        "segments": result["segments"].repeat(len(top), 1),
+        "scores": torch.sqrt(scores[top][:, None] * seg_scores[None, :]).flatten(),
+        "labels": top[:, None].expand(-1, len(seg_scores)).flatten(),
+    }
+
+
+def predict(config: dict[str, Any], weights: dict[str, Any], split: list[str], device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Detections for every video of `split`, in the ActivityNet results format (label ids, seconds)."""
+    from talbench.eval.nms import postprocess_video
+    from talbench.models import build_model
+
+    model = build_model(config["model"]).to(device)
+    model.load_state_dict(weights)
+    model.eval()
+    test_cfg = config["test_cfg"]
+    dataset = VideoDataset(config["dataset"], split, is_training=False)
+    ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
+    results: dict[str, list[dict[str, Any]]] = {}
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="inference", unit="video")
+    for i in indices:
+        item = dataset[i]
+        segments, scores, labels = video_candidates(model, item, device, test_cfg)
+        out = postprocess_video(segments, scores, labels, fps=item.fps, feat_stride=item.feat_stride,
+                                num_frames=item.feat_num_frames, duration=item.duration, nms_cfg=test_cfg)
+        if ext_scores is not None:
+            out = fuse_external_scores(out, ext_scores[item.video_id])
+        order = torch.argsort(out["scores"], descending=True, stable=True)
+        results[item.video_id] = [
+            {"label": int(out["labels"][j]), "score": float(out["scores"][j]), "segment": [float(x) for x in out["segments"][j]]}
+            for j in order.tolist()
+        ]
+    return {"version": "talbench", "results": results, "external_data": {"used": ext_scores is not None}}
+
+
+def _external_scores(test_cfg: dict[str, Any], dataset_cfg: dict[str, Any], dataset: VideoDataset) -> dict[str, list[float]] | None:
+    path = test_cfg.get("ext_score_file")
+    if not path or test_cfg.get("multiclass_nms", True):
+        return None
+    if str(path).endswith(".pkl"):
+        raise InputError(path, "-", "ext_score_file", "pickled score files are not read (unsafe); convert it to JSON {'results': {video_id: [scores]}}")
+    try:
+        scores = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "-", "ext_score_file", "external classification score file not found") from None
+    scores = scores.get("results", scores)
+    for rec in dataset.records:
+        if rec.video_id not in scores:
+            raise InputError(path, rec.video_id, "results", "no external classification scores for this video")
+    return scores
+
+
+def check_class_agnostic(config: dict[str, Any], label_names: dict[int, str]) -> str | None:
+    """A warning for the frequent ActivityNet confusion: a 1-class model scored without score fusion."""
+    test_cfg = config["test_cfg"]
+    if config["dataset"]["num_classes"] == 1 and len(label_names) > 1 and not (test_cfg.get("ext_score_file") and not test_cfg.get("multiclass_nms", True)):
+        return ("the model is class-agnostic (num_classes 1) but the annotations have "
+                f"{len(label_names)} classes: set test_cfg.ext_score_file (external video-level "
+                "classification scores) and multiclass_nms: False, as the published ActivityNet protocol does; "
+                "without them every detection is labelled class 0 and the mAP is meaningless")
+    return None

@@ -1,0 +1,238 @@
+"""Building blocks of ActionFormer on channels-first sequences.
+
+Every tensor is [B, C, T] with a bool mask [B, 1, T] (True = a real step). Padded steps are
+kept at exactly zero wherever they can reach a kernel wider than one step (a conv, a max-pool),
+so a video's outputs do not depend on how much padding sits after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def downsample_mask(mask: Tensor, stride: int) -> Tensor:
+    """Nearest-neighbour downsampling of a [B, 1, T] mask: step i of the output is step i*stride."""
+    return mask[:, :, ::stride] if stride > 1 else mask
+
+
+def zero_biases_(module: nn.Module) -> None:
+    """ActionFormer's init: every conv/linear bias starts at 0, weights keep PyTorch's default."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Linear)) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class MaskedConv1D(nn.Module):
+    """Conv1d whose output is zeroed at padded steps; a strided conv also downsamples the mask."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
+        self.stride = stride
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=bias
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[-1] % self.stride != 0:
+            raise ValueError(f"sequence length {x.shape[-1]} is not divisible by the conv stride {self.stride}")
+        out_mask = downsample_mask(mask, self.stride)
+        return self.conv(x) * out_mask, out_mask
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channel dimension of a [B, C, T] tensor, with a per-channel affine."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, num_channels, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu = x.mean(dim=1, keepdim=True)
+        centred = x - mu
+        var = centred.pow(2).mean(dim=1, keepdim=True)
+        return centred * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (one per pyramid level in the regression head)."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
+    """Stochastic depth: drop the whole residual branch per sample, rescale the kept ones."""
+    if prob == 0.0 or not training:
+        return x
+    keep = 1.0 - prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * x.new_empty(shape).bernoulli_(keep) / keep
+
+
+class AffineDropPath(nn.Module):
+    """LayerScale (a per-channel scale, initialised small so each block starts near identity) then drop path."""
+
+    def __init__(self, num_channels: int, prob: float, init_scale: float = 1e-4) -> None:
+        super().__init__()
+        self.prob = prob
+        self.scale = nn.Parameter(torch.full((1, num_channels, 1), init_scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x * self.scale, self.prob, self.training)
+
+
+def band_mask(length: int, window: int, device: torch.device) -> Tensor:
+    """[T, T] bool: query i may attend to key j when |i - j| <= window // 2."""
+    idx = torch.arange(length, device=device)
+    return (idx[:, None] - idx[None, :]).abs() <= window // 2
+
+
+def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int) -> Tensor:
+    """Masked attention through the fused kernel; q, k, v [B, H, T, D], valid [B, T] bool.
+
+    window <= 1 is global attention over the valid keys. A windowed query that is itself padded
+    may also see padded keys: otherwise its row could be fully masked and softmax would give NaN
+    (its output is zeroed by the caller anyway).
+    """
+    allowed = valid[:, None, None, :]
+    if window > 1:
+        allowed = band_mask(q.shape[2], window, q.device) & (allowed | ~valid[:, None, :, None])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+def _windows(x: Tensor, half: int, dim: int) -> Tensor:
+    """Zero-pad `dim` by `half` on both sides and view every length-(2*half+1) window (appended as the last dim)."""
+    pad = [0, 0] * (x.ndim - 1 - dim) + [half, half]
+    return F.pad(x, pad).unfold(dim, 2 * half + 1, 1)
+
+
+def attention_banded(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int) -> Tensor:
+    """Windowed attention with the same semantics as `attention_sdpa`, in O(T * window) memory.
+
+    Each query only scores the 2*(window//2)+1 keys around it, gathered as strided views.
+    """
+    half = window // 2
+    t = q.shape[2]
+    keys = _windows(k, half, dim=2)  # [B, H, T, D, W]
+    values = _windows(v, half, dim=2)
+    scores = torch.einsum("bhtd,bhtdw->bhtw", q, keys) * q.shape[-1] ** -0.5
+    in_range = _windows(torch.ones(t, device=q.device), half, dim=0) > 0  # [T, W]
+    key_valid = _windows(valid.to(q.dtype), half, dim=1) > 0  # [B, T, W]
+    allowed = in_range & (key_valid | ~valid[:, :, None])
+    attn = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)
+    return torch.einsum("bhtw,bhtdw->bhtd", attn, values)
+
+
+class MaskedMultiHeadAttention(nn.Module):
+    """Multi-head conv-attention: q, k, v come from a depthwise (strided) conv + LayerNorm, then 1x1 projections.
+
+    `window` <= 1 gives global attention; otherwise each output step attends to the steps within
+    window // 2 of it (at the output resolution). Padded keys are never attended to.
+    """
+
+    def __init__(self, dim: int, n_head: int, window: int, stride: int, proj_dropout: float) -> None:
+        super().__init__()
+        if dim % n_head != 0:
+            raise ValueError(f"embedding dim {dim} is not divisible by n_head {n_head}")
+        self.n_head = n_head
+        self.window = window
+        self.q_conv = MaskedConv1D(dim, dim, 3, stride=stride, groups=dim, bias=False)
+        self.k_conv = MaskedConv1D(dim, dim, 3, stride=stride, groups=dim, bias=False)
+        self.v_conv = MaskedConv1D(dim, dim, 3, stride=stride, groups=dim, bias=False)
+        self.q_norm = LayerNorm(dim)
+        self.k_norm = LayerNorm(dim)
+        self.v_norm = LayerNorm(dim)
+        self.q_proj = nn.Conv1d(dim, dim, 1)
+        self.k_proj = nn.Conv1d(dim, dim, 1)
+        self.v_proj = nn.Conv1d(dim, dim, 1)
+        self.out_proj = nn.Conv1d(dim, dim, 1)
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, c, t = x.shape
+        return x.view(b, self.n_head, c // self.n_head, t).transpose(2, 3)  # [B, H, T, D]
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        q, out_mask = self.q_conv(x, mask)
+        k, _ = self.k_conv(x, mask)
+        v, _ = self.v_conv(x, mask)
+        q = self._heads(self.q_proj(self.q_norm(q)))
+        k = self._heads(self.k_proj(self.k_norm(k)))
+        v = self._heads(self.v_proj(self.v_norm(v)))
+        valid = out_mask[:, 0]
+        if self.window > 1 and not x.is_cuda:
+            out = attention_banded(q, k, v, valid, self.window)
+        else:
+            out = attention_sdpa(q, k, v, valid, self.window)
+        b, h, t, d = out.shape
+        out = out.transpose(2, 3).reshape(b, h * d, t)
+        return self.proj_drop(self.out_proj(out)) * out_mask, out_mask
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN transformer block on a masked sequence; stride 2 halves the length (skip path: max-pool)."""
+
+    def __init__(
+        self,
+        dim: int,
+        n_head: int,
+        window: int,
+        stride: int,
+        dropout: float,
+        droppath: float,
+        mlp_ratio: int = 4,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"transformer blocks downsample by 1 or 2, got stride {stride}")
+        self.ln1 = LayerNorm(dim)
+        self.ln2 = LayerNorm(dim)
+        self.attn = MaskedMultiHeadAttention(dim, n_head, window, stride, dropout)
+        self.pool_skip: nn.Module = nn.MaxPool1d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+        self.mlp = nn.Sequential(
+            nn.Conv1d(dim, mlp_ratio * dim, 1),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Conv1d(mlp_ratio * dim, dim, 1),
+            nn.Dropout(dropout),
+        )
+        # As in the published code, LayerScale comes with drop path: with droppath 0 both branches are plain.
+        self.drop_path_attn: nn.Module = AffineDropPath(dim, droppath) if droppath > 0 else nn.Identity()
+        self.drop_path_mlp: nn.Module = AffineDropPath(dim, droppath) if droppath > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        # LayerNorm turns zeros into its bias: re-mask before the attention's convs see padded steps.
+        attn, out_mask = self.attn(self.ln1(x) * mask, mask)
+        out = self.pool_skip(x) * out_mask + self.drop_path_attn(attn)
+        out = out + self.drop_path_mlp(self.mlp(self.ln2(out)) * out_mask)
+        return out, out_mask
+
+
+def sinusoid_table(dim: int, length: int) -> Tensor:
+    """The standard sin/cos positional table as [dim, length], divided by sqrt(dim)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table.T / math.sqrt(dim)

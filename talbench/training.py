@@ -1,0 +1,243 @@
+"""Training: the published ActionFormer recipe, resumable, single- or multi-process (torchrun).
+
+Everything random is derived from (seed, epoch, rank, item): the data order, the truncation
+crops and the dropout streams. A run killed at any point and resumed from its last checkpoint
+therefore ends with the same weights as an uninterrupted one (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from talbench.config import dump_config
+from talbench.data.dataset import VideoDataset, collate
+from talbench.io import atomic_path
+
+CHECKPOINT = "last.ckpt"
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(requested: str | None, d: Dist) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only; never on biases, norms, scales or embeddings."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_weight = name == "weight" and isinstance(module, (torch.nn.Conv1d, torch.nn.Linear))
+            (decay if is_weight else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, opt: dict[str, Any]) -> torch.optim.Optimizer:
+    groups = param_groups(model, float(opt["weight_decay"]))
+    if opt["type"] == "AdamW":
+        return torch.optim.AdamW(groups, lr=float(opt["learning_rate"]))
+    if opt["type"] == "SGD":
+        return torch.optim.SGD(groups, lr=float(opt["learning_rate"]), momentum=float(opt["momentum"]))
+    raise ValueError(f"opt.type must be AdamW or SGD, got {opt['type']!r}")
+
+
+def learning_rate(step: int, iters_per_epoch: int, opt: dict[str, Any]) -> float:
+    """Linear warm-up, then cosine decay (or multistep), stepped per iteration; a pure function of step."""
+    base = float(opt["learning_rate"])
+    warmup = int(opt["warmup_epochs"]) * iters_per_epoch if opt["warmup"] else 0
+    if step < warmup:
+        return base * (step + 1) / warmup
+    total = int(opt["epochs"]) * iters_per_epoch
+    done = step - warmup
+    if opt["schedule_type"] == "cosine":
+        return 0.5 * base * (1 + math.cos(math.pi * min(done, total) / max(total, 1)))
+    passed = sum(done >= s * iters_per_epoch for s in opt["schedule_steps"])
+    return base * float(opt["schedule_gamma"]) ** passed
+
+
+class ModelEMA:
+    """Exponential moving average of the weights, with an optional warm-up of the decay."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.warmup = decay, warmup
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_v.dtype.is_floating_point:
+                ema_v.mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema_v.copy_(v)
+
+
+def epoch_batches(n: int, batch: int, seed: int, epoch: int, d: Dist) -> list[list[int]]:
+    """This rank's batches of one epoch; ranks share one permutation, so the union is one process's epoch."""
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    per_rank = len(order) // d.world
+    mine = order[d.rank: per_rank * d.world: d.world]
+    return [mine[i: i + batch] for i in range(0, len(mine) - batch + 1, batch)]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _to(item_list: list[Any], device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    return ([i.feats.to(device) for i in item_list], [i.segments.to(device) for i in item_list], [i.labels.to(device) for i in item_list])
+
+
+def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, device: str | None = None,
+          progress: bool = True, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train and checkpoint every epoch into `output`; returns a summary (final losses, steps, seconds)."""
+    from talbench.models import build_model, pad_batch
+
+    d = init_distributed()
+    dev = pick_device(device, d)
+    output = Path(output)
+    seed = int(config["init_rand_seed"])
+    seed_everything(seed)
+    dataset = VideoDataset(config["dataset"], config["train_split"], is_training=True, seed=seed)
+    batch_size = int(config["loader"]["batch_size"])
+    if batch_size % d.world:
+        raise ValueError(f"loader.batch_size {batch_size} is not divisible by the {d.world} processes")
+    per_rank = batch_size // d.world
+    if len(dataset) < batch_size:
+        raise ValueError(f"{len(dataset)} training videos are fewer than loader.batch_size {batch_size}")
+    model = build_model(config["model"]).to(dev)
+    ema = ModelEMA(model, float(config["ema"]["decay"]), bool(config["ema"]["warmup"])) if config["ema"]["enabled"] else None
+    optimizer = make_optimizer(model, config["opt"])
+    iters = len(dataset) // d.world // per_rank
+    epochs = int(config["opt"]["epochs"]) + (int(config["opt"]["warmup_epochs"]) if config["opt"]["warmup"] else 0)
+    start_epoch, step, history = 0, 0, []
+    ckpt_path = output / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    if d.main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(dump_config(config))
+    clip = float(config["train_cfg"]["clip_grad_l2norm"])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bar = _progress(progress and d.main, epochs, iters, start_epoch)
+    started = time.time()
+    for epoch in range(start_epoch, epochs):
+        dataset.set_epoch(epoch)
+        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, d.rank]).generate_state(1)[0]))  # this epoch's dropout stream
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=epoch_batches(len(dataset), per_rank, seed, epoch, d),
+                                             collate_fn=collate, num_workers=int(config["loader"]["num_workers"]))
+        net.train()
+        sums: dict[str, float] = {}
+        for items in loader:
+            lr = learning_rate(step, iters, config["opt"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            feats, segments, labels = _to(items, dev)
+            batch, masks = pad_batch(feats, model.max_div_factor)
+            with autocast:
+                losses = net(batch, masks, segments, labels)
+            optimizer.zero_grad(set_to_none=True)
+            losses["final_loss"].backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.update(epoch, step, {k: float(v.detach()) for k, v in losses.items()}, lr)
+            if stop_after_steps is not None and step >= stop_after_steps:
+                return {"steps": step, "stopped_early": True}
+        record = {"epoch": epoch, "step": step, "lr": lr, **{k: v / max(iters, 1) for k, v in sums.items()}}
+        history.append(record)
+        if d.main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                     "history": history, "config": config, "ema": ema.module.state_dict() if ema is not None else None}
+            save_checkpoint(ckpt_path, state)
+            with open(output / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    bar.close()
+    if d.world > 1:
+        dist.barrier()
+    return {"steps": step, "epochs": epochs, "seconds": time.time() - started, "history": history}
+
+
+class _progress:
+    """A tqdm bar over all iterations with epoch, loss, lr and ETA; silent on other ranks."""
+
+    def __init__(self, enabled: bool, epochs: int, iters: int, start_epoch: int) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs * iters, initial=start_epoch * iters, unit="it", dynamic_ncols=True)
+        self.epochs = epochs
+
+    def update(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+            self.bar.set_postfix(loss=f"{losses['final_loss']:.3f}", cls=f"{losses['cls_loss']:.3f}", reg=f"{losses['reg_loss']:.3f}", lr=f"{lr:.2e}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(config, weights, which): the EMA weights when the run kept them, else the raw weights."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("ema") is not None:
+        return state["config"], state["ema"], "ema"
+    return state["config"], state["model"], "model"

@@ -1,0 +1,436 @@
+"""Unit tests of the ActionFormer model on tiny tensors."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from talbench.models import ActionFormer, build_model, pad_batch
+from talbench.models.assignment import assign_labels
+from talbench.models.blocks import (
+    MaskedConv1D,
+    MaskedMultiHeadAttention,
+    attention_banded,
+    attention_sdpa,
+    band_mask,
+    sinusoid_table,
+)
+from talbench.models.losses import ctr_diou_loss_1d, sigmoid_focal_loss
+from talbench.models.points import make_points
+
+
+def tiny_cfg(**overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "backbone_type": "convTransformer",
+        "fpn_type": "identity",
+        "backbone_arch": (2, 2, 5),
+        "scale_factor": 2,
+        "regression_range": [[0, 4], [4, 8], [8, 16], [16, 32], [32, 64], [64, 10000]],
+        "n_head": 4,
+        "n_mha_win_size": 5,
+        "embd_kernel_size": 3,
+        "embd_dim": 16,
+        "embd_with_ln": True,
+        "fpn_dim": 16,
+        "fpn_with_ln": True,
+        "head_dim": 16,
+        "head_kernel_size": 3,
+        "head_num_layers": 3,
+        "head_with_ln": True,
+        "max_buffer_len_factor": 6.0,
+        "use_abs_pe": False,
+        "use_rel_pe": False,
+        "input_dim": 8,
+        "num_classes": 3,
+        "max_seq_len": 128,
+        "train_cfg": {
+            "center_sample": "radius",
+            "center_sample_radius": 1.5,
+            "loss_weight": 1.0,
+            "cls_prior_prob": 0.01,
+            "init_loss_norm": 100,
+            "clip_grad_l2norm": 1.0,
+            "head_empty_cls": [],
+            "dropout": 0.0,
+            "droppath": 0.1,
+            "label_smoothing": 0.0,
+        },
+        "test_cfg": {"pre_nms_thresh": 0.001, "pre_nms_topk": 2000, "duration_thresh": 0.05},
+    }
+    for key, value in overrides.items():
+        if key in ("train_cfg", "test_cfg"):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def perturbed(model: ActionFormer) -> ActionFormer:
+    """Random norms, LayerScales and biases: with the init's zeros and 1e-4s, masking bugs would hide."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim != 3 or p.shape[0] == 1:  # everything but conv weights
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    return model
+
+
+def dense_reference(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int) -> Tensor:
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = valid[:, None, None, :].expand_as(scores)
+    if window > 1:
+        allowed = allowed & band_mask(q.shape[2], window, q.device)
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+# ---------------------------------------------------------------- shapes and blocks
+
+
+@pytest.mark.parametrize("arch", [(2, 2, 5), (2, 2, 7)])
+def test_pyramid_shapes(arch: tuple[int, int, int]) -> None:
+    levels = 1 + arch[2]
+    ranges = [[0, 4]] + [[2**i, 2 ** (i + 1)] for i in range(2, levels)] + [[2**levels, 10000]]
+    model = build_model(tiny_cfg(backbone_arch=arch, regression_range=ranges, n_mha_win_size=[5] * levels))
+    t = model.max_div_factor
+    assert t == 2 ** (levels - 1) * 4
+    feats, masks = pad_batch([torch.randn(8, t - 3), torch.randn(8, 5)], model.max_div_factor)
+    points, cls_logits, offsets, level_masks = model.forward_levels(feats, masks)
+    assert len(points) == levels
+    for level, (pts, cls, off, mask) in enumerate(zip(points, cls_logits, offsets, level_masks)):
+        t_l = t // 2**level
+        assert pts.shape == (t_l, 4) and cls.shape == (2, t_l, 3) and off.shape == (2, t_l, 2)
+        assert mask.shape == (2, t_l)
+        assert torch.equal(pts[:, 0], torch.arange(t_l) * 2.0**level)
+        assert torch.equal(pts[:, 3], torch.full((t_l,), 2.0**level))
+        assert (off >= 0).all()
+
+
+def test_max_div_factor() -> None:
+    assert build_model(tiny_cfg(n_mha_win_size=19)).max_div_factor == 32 * 18
+    assert build_model(tiny_cfg(n_mha_win_size=-1)).max_div_factor == 32
+    assert build_model(tiny_cfg(n_mha_win_size=[9, 9, 9, 9, 1, 1])).max_div_factor == 8 * 8
+
+
+def test_masked_conv_downsamples_mask() -> None:
+    conv = MaskedConv1D(2, 3, 3, stride=2)
+    mask = torch.tensor([[[True] * 5 + [False] * 3]])
+    out, out_mask = conv(torch.randn(1, 2, 8), mask)
+    assert out_mask.tolist() == [[[True, True, True, False]]]
+    assert (out[..., 3] == 0).all()
+    with pytest.raises(ValueError, match="divisible"):
+        conv(torch.randn(1, 2, 7), mask[..., :7])
+
+
+@pytest.mark.parametrize("length", [37, 64])  # 64: alone it needs no padding at all
+def test_padding_does_not_change_outputs(length: int) -> None:
+    # max_seq_len covers every padded length: past it the positional table is stretched (by design).
+    cfg = tiny_cfg(n_mha_win_size=[5, 5, 3, -1, -1, -1], use_abs_pe=True, max_seq_len=512)
+    model = perturbed(build_model(cfg)).eval()
+    a, b = torch.randn(8, length), torch.randn(8, 150)
+    alone = model(*pad_batch([a], model.max_div_factor))[0]
+    batch = model(*pad_batch([a, b], model.max_div_factor, pad_to=400))
+    assert pad_batch([a, b], model.max_div_factor, pad_to=400)[0].shape[-1] == 416
+    assert len(alone["scores"]) > 0
+    for key in ("segments", "scores", "labels"):
+        torch.testing.assert_close(batch[0][key], alone[key], rtol=1e-4, atol=1e-4)
+    # and the raw per-level outputs on valid steps
+    short = model.forward_levels(*pad_batch([a], model.max_div_factor))
+    long = model.forward_levels(*pad_batch([a, b], model.max_div_factor))
+    for cls_s, cls_l, off_s, off_l, m in zip(short[1], long[1], short[2], long[2], short[3]):
+        valid, n = m[0], m.shape[1]
+        torch.testing.assert_close(cls_l[0, :n][valid], cls_s[0][valid], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(off_l[0, :n][valid], off_s[0][valid], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 9, 40])
+def test_local_attention_matches_dense_reference(window: int) -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 4) for _ in range(3))
+    valid = torch.ones(2, 20, dtype=torch.bool)
+    valid[1, 13:] = False
+    expected = dense_reference(q, k, v, valid, window)
+    rows = valid[:, None, :, None].expand_as(expected)  # padded queries: any finite value
+    fused = attention_sdpa(q, k, v, valid, window)
+    assert torch.isfinite(fused).all()
+    torch.testing.assert_close(fused[rows], expected[rows], rtol=1e-5, atol=1e-5)
+    if window > 1:
+        banded = attention_banded(q, k, v, valid, window)
+        assert torch.isfinite(banded).all()
+        torch.testing.assert_close(banded, fused, rtol=1e-5, atol=1e-5)  # identical even on padded queries
+
+
+def test_attention_module_has_no_nan_for_far_padded_queries() -> None:
+    attn = MaskedMultiHeadAttention(8, 2, window=3, stride=2, proj_dropout=0.0)
+    mask = torch.zeros(1, 1, 32, dtype=torch.bool)
+    mask[..., :4] = True
+    out, out_mask = attn(torch.randn(1, 8, 32) * mask, mask)
+    assert out.shape == (1, 8, 16) and out_mask.sum() == 2
+    assert torch.isfinite(out).all() and (out[..., 2:] == 0).all()
+
+
+# ---------------------------------------------------------------- positional encoding
+
+
+def test_abs_pe_table_and_interpolation() -> None:
+    table = sinusoid_table(6, 10)
+    assert table.shape == (6, 10)
+    pos = torch.arange(10.0)
+    torch.testing.assert_close(table[0], torch.sin(pos) / math.sqrt(6))
+    torch.testing.assert_close(table[1], torch.cos(pos) / math.sqrt(6))
+    torch.testing.assert_close(table[5], torch.cos(pos * 10000 ** (-4 / 6)) / math.sqrt(6))
+
+    model = build_model(tiny_cfg(use_abs_pe=True, max_seq_len=64, n_mha_win_size=-1)).eval()
+    pe = model.backbone.positional_encoding
+    assert torch.equal(pe(40), model.backbone.pos_embd[:, :40])
+    stretched = pe(128)
+    assert stretched.shape == (16, 128)
+    torch.testing.assert_close(stretched, F.interpolate(model.backbone.pos_embd[None], 128, mode="linear")[0])
+    torch.testing.assert_close(stretched[:, 0], model.backbone.pos_embd[:, 0])  # ends stay put
+    torch.testing.assert_close(stretched[:, -1], model.backbone.pos_embd[:, -1])
+    out = model(*pad_batch([torch.randn(8, 120)], model.max_div_factor))  # T = 128 > max_seq_len
+    assert len(out) == 1
+
+
+# ---------------------------------------------------------------- label assignment
+
+
+def one_level(n: int, stride: int = 1, lo: float = 0.0, hi: float = 1e4) -> torch.Tensor:
+    return make_points([n], [stride], [(lo, hi)])[0]
+
+
+def assign(points: torch.Tensor, segs: list[list[float]], labels: list[int], center: str = "radius"):
+    cls, reg = assign_labels(
+        points, [torch.tensor(segs).reshape(-1, 2)], [torch.tensor(labels, dtype=torch.long)], 4, center, 1.5
+    )
+    return cls[0], reg[0]
+
+
+def positives(cls: torch.Tensor) -> list[int]:
+    return (cls.sum(-1) > 0).nonzero()[:, 0].tolist()
+
+
+def test_assignment_centre_sampling_radius_and_clipping() -> None:
+    pts = one_level(12)
+    cls, reg = assign(pts, [[2.0, 8.0]], [2])
+    assert positives(cls) == [4, 5, 6]  # strictly inside [5 - 1.5, 5 + 1.5]
+    assert cls[5].tolist() == [0, 0, 1, 0]
+    assert reg[4].tolist() == [2.0, 4.0]
+    cls, _ = assign(pts, [[2.0, 8.0]], [2], center="none")
+    assert positives(cls) == [3, 4, 5, 6, 7]  # strictly inside the segment
+    cls, _ = assign(pts, [[2.0, 4.0]], [0])  # the radius window [1.5, 4.5] is clipped to the segment
+    assert positives(cls) == [3]
+    cls, _ = assign(pts, [[2.0, 4.5]], [0])  # clipped to [2, 4.5]: not 2 (on the bound), 3 and 4
+    assert positives(cls) == [3, 4]
+
+
+def test_assignment_radius_scales_with_stride() -> None:
+    pts = make_points([8], [4], [(0.0, 1e4)])[0]  # positions 0, 4, ..., 28
+    cls, reg = assign(pts, [[0.0, 40.0]], [1])
+    assert positives(cls) == [4, 5, 6]  # 16, 20, 24 strictly inside [20 - 6, 20 + 6]
+    assert reg[4].tolist() == [16 / 4, 24 / 4]  # in units of the stride
+
+
+def test_assignment_regression_range() -> None:
+    cls, _ = assign(one_level(12, lo=0, hi=2), [[2.0, 8.0]], [1], center="none")
+    assert positives(cls) == []  # the smallest max-distance is 3
+    cls, _ = assign(one_level(12, lo=3, hi=4), [[2.0, 8.0]], [1], center="none")
+    assert positives(cls) == [4, 5, 6]  # max(left, right) in [3, 4], both ends inclusive
+    cls, _ = assign(one_level(12, lo=0, hi=3), [[2.0, 8.0]], [1], center="none")
+    assert positives(cls) == [5]
+
+
+def test_assignment_shortest_wins_and_ties_are_multi_hot() -> None:
+    pts = one_level(12)
+    cls, reg = assign(pts, [[0.0, 10.0], [4.0, 6.0]], [0, 1], center="none")
+    assert cls[5].tolist() == [0, 1, 0, 0]
+    assert reg[5].tolist() == [1.0, 1.0]
+    assert cls[2].tolist() == [1, 0, 0, 0]  # only the long one covers 2
+    segs = [[0.0, 10.0], [4.0004, 6.0], [3.9998, 6.0], [3.998, 6.0]]
+    cls, reg = assign(pts, segs, [0, 1, 2, 3], center="none")
+    assert cls[5].tolist() == [0, 1, 1, 0]  # 2.0002 is within 1e-3 of the shortest (1.9996), 2.002 is not
+    torch.testing.assert_close(reg[5], torch.tensor([1 - 0.0004, 1.0]))  # regression from the shortest
+    cls, _ = assign(pts, [[4.0, 6.0], [4.0, 6.0]], [3, 3], center="none")
+    assert cls[5].tolist() == [0, 0, 0, 1]  # same class twice: clamped to 1
+
+
+def test_assignment_batch_with_an_empty_video() -> None:
+    pts = torch.cat(make_points([12, 6], [1, 2], [(0.0, 2.0), (2.0, 1e4)]))
+    cls, reg = assign_labels(
+        pts,
+        [torch.tensor([[2.0, 8.0], [0.0, 1.0]]), torch.zeros(0, 2)],
+        [torch.tensor([1, 3]), torch.zeros(0, dtype=torch.long)],
+        4,
+        "radius",
+        1.5,
+    )
+    assert cls.shape == (2, 18, 4) and reg.shape == (2, 18, 2)
+    assert cls[1].sum() == 0
+    # level 0: 4, 5, 6 are central but reach 3 or 4 > 2; level 1 (stride 2, radius 3): positions 4 and 6
+    assert positives(cls[0]) == [12 + 2, 12 + 3]
+    assert cls[0, 14].tolist() == [0, 1, 0, 0]
+    assert reg[0, 14].tolist() == [1.0, 2.0]
+    assert assign_labels(pts, [torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)], 4, "none", 1.5)[0].sum() == 0
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_focal_loss_values() -> None:
+    log2 = math.log(2)
+    loss = sigmoid_focal_loss(torch.zeros(2), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(loss, torch.tensor((0.25 + 0.75) * 0.25 * log2))
+    p = torch.sigmoid(torch.tensor(2.0))
+    expected = 0.25 * -torch.log(p) * (1 - p) ** 2
+    torch.testing.assert_close(sigmoid_focal_loss(torch.tensor([2.0]), torch.tensor([1.0])), expected)
+
+
+def test_diou_loss_values() -> None:
+    pred = torch.tensor([[1.0, 3.0], [2.0, 0.0], [1.0, 1.0], [1.0, 3.0]])
+    target = torch.tensor([[1.0, 3.0], [0.0, 2.0], [2.0, 2.0], [3.0, 1.0]])
+    per_row = [ctr_diou_loss_1d(pred[i : i + 1], target[i : i + 1]).item() for i in range(4)]
+    # perfect; touching equal-length segments (iou 0, centres 2 apart in an enclosing length of 4);
+    # concentric (iou 1/2); same length shifted (iou 1/3, centre distance 2, enclosing 6)
+    assert per_row == pytest.approx([0.0, 1.25, 0.5, 1 - 1 / 3 + 1 / 9])
+    assert ctr_diou_loss_1d(pred, target).item() == pytest.approx(sum(per_row))
+
+
+# ---------------------------------------------------------------- the model's losses and init
+
+
+def synthetic_batch(model: ActionFormer, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = (100, 64)
+    gts = [torch.tensor([[10.0, 20.0], [40.0, 80.0]]), torch.tensor([[5.0, 9.0]])]
+    labels = [torch.tensor([0, 2]), torch.tensor([1])]
+    feats = []
+    for t, segs, labs in zip(lengths, gts, labels):
+        f = 0.1 * torch.randn(8, t, generator=gen)
+        for (s, e), c in zip(segs.tolist(), labs.tolist()):
+            f[c, int(s) : int(e) + 1] += 1.0
+        feats.append(f)
+    return (*pad_batch(feats, model.max_div_factor, pad_to=model.max_seq_len), gts, labels)
+
+
+def test_loss_normaliser_ema() -> None:
+    model = build_model(tiny_cfg()).train()
+    feats, masks, gts, labels = synthetic_batch(model)
+    cls_t, _ = assign_labels(torch.cat(model.forward_levels(feats, masks)[0]), gts, labels, 3, "radius", 1.5)
+    num_pos = int((cls_t.sum(-1) > 0).sum())
+    assert num_pos > 0
+    losses = model(feats, masks, gts, labels)
+    assert model.loss_normalizer.item() == pytest.approx(0.9 * 100 + 0.1 * num_pos)
+    assert set(losses) == {"cls_loss", "reg_loss", "final_loss"}
+    torch.testing.assert_close(losses["final_loss"], losses["cls_loss"] + losses["reg_loss"])
+    assert "loss_normalizer" in model.state_dict()
+
+    empty = [torch.zeros(0, 2), torch.zeros(0, 2)]
+    no_labels = [torch.zeros(0, dtype=torch.long)] * 2
+    before = model.loss_normalizer.item()
+    losses = model(feats, masks, empty, no_labels)
+    assert model.loss_normalizer.item() == pytest.approx(0.9 * before + 0.1)  # max(num_pos, 1)
+    assert losses["reg_loss"].item() == 0 and losses["reg_loss"].requires_grad
+    losses["final_loss"].backward()
+
+
+def test_auto_balanced_loss_weight() -> None:
+    model = build_model(tiny_cfg(train_cfg={"loss_weight": -1})).train()
+    feats, masks, gts, labels = synthetic_batch(model)
+    losses = model(feats, masks, gts, labels)
+    cls_loss, reg_loss = losses["cls_loss"].item(), losses["reg_loss"].item()
+    assert losses["final_loss"].item() == pytest.approx(cls_loss + cls_loss / max(reg_loss, 0.01) * reg_loss)
+
+
+def test_cls_prior_and_empty_class_bias() -> None:
+    model = build_model(tiny_cfg(num_classes=5, train_cfg={"head_empty_cls": [1, 3]}))
+    bias = model.cls_head.out.conv.bias
+    prior, empty = -math.log(0.99 / 0.01), -math.log((1 - 1e-6) / 1e-6)
+    torch.testing.assert_close(bias, torch.tensor([prior, empty, prior, empty, prior]))
+    assert (model.reg_head.out.conv.bias == 0).all() and (model.backbone.embd[0].conv.bias is None)
+    assert all(s.scale.item() == 1.0 for s in model.reg_head.scales)
+
+
+def test_optimisation_reduces_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(train_cfg={"droppath": 0.0})).train()
+    feats, masks, gts, labels = synthetic_batch(model)
+    model(feats, masks, gts, labels)
+    # Hold the normaliser at its fixed point so that the loss values compare across steps.
+    num_pos = (model.loss_normalizer.item() - 90.0) / 0.1
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(15):
+        model.loss_normalizer.fill_(num_pos)
+        loss = model(feats, masks, gts, labels)["final_loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(loss.item())
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_candidates_decode_segments() -> None:
+    model = build_model(tiny_cfg(test_cfg={"pre_nms_topk": 7})).eval()
+    feats, masks = pad_batch([torch.randn(8, 50)], model.max_div_factor)
+    points, cls_logits, offsets, level_masks = model.forward_levels(feats, masks)
+    cands = model.candidates(points, cls_logits, offsets, level_masks)[0]
+    assert len(cands["scores"]) <= 7 * len(points)
+    assert (cands["segments"][:, 1] - cands["segments"][:, 0] > 0.05).all()
+    assert ((cands["labels"] >= 0) & (cands["labels"] < 3)).all()
+    # with zero offsets every segment has length 0 and is dropped
+    zero = [torch.zeros_like(o) for o in offsets]
+    assert len(model.candidates(points, cls_logits, zero, level_masks)[0]["scores"]) == 0
+    # a known point: level 2 (stride 4), step 3, class 1, offsets (1.5, 2) -> (12 - 6, 12 + 8)
+    logits = [torch.full_like(c, -20.0) for c in cls_logits]
+    logits[2][0, 3, 1] = 5.0
+    offs = [torch.ones_like(o) for o in offsets]
+    offs[2][0, 3] = torch.tensor([1.5, 2.0])
+    out = model.candidates(points, logits, offs, level_masks)[0]
+    assert out["segments"].tolist() == [[6.0, 20.0]] and out["labels"].tolist() == [1]
+    assert out["scores"].item() == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item())
+
+
+# ---------------------------------------------------------------- config handling
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"backbone_type": "conv"}, "backbone_type"),
+        ({"fpn_type": "fpn"}, "fpn_type"),
+        ({"fpn_dim": 32}, "fpn_dim"),
+        ({"use_rel_pe": True}, "use_rel_pe"),
+        ({"scale_factor": 3}, "scale_factor"),
+        ({"n_mha_win_size": [5, 5]}, "n_mha_win_size"),
+        ({"regression_range": [[0, 4]]}, "regression_range"),
+        ({"n_head": 3}, "n_head"),
+        ({"train_cfg": {"center_sample": "box"}}, "center_sample"),
+    ],
+)
+def test_unsupported_config_is_a_clear_error(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model = build_model(tiny_cfg(**overrides)).train()
+        model(*synthetic_batch(model))
+
+
+def test_input_dim_list_and_unpadded_input() -> None:
+    model = build_model(tiny_cfg(input_dim=[5, 3]))
+    assert model.backbone.embd[0].conv.in_channels == 8
+    with pytest.raises(ValueError, match="max_div_factor"):
+        model(torch.randn(1, 8, 30), torch.ones(1, 1, 30, dtype=torch.bool))
+
+
+def test_state_dict_round_trip() -> None:
+    model = build_model(tiny_cfg())
+    clone = build_model(tiny_cfg())
+    model.loss_normalizer.fill_(42.0)
+    clone.load_state_dict(copy.deepcopy(model.state_dict()))
+    assert clone.loss_normalizer.item() == 42.0

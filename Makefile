@@ -20,14 +20,22 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
+RUN := outputs/thumos14-i3d
 run: $(STAMP)
-	$(VENV)/bin/talbench synth-all --scale ci --out data/synthetic
+	$(VENV)/bin/talbench synth-all --scale ci --out data/synthetic --check-md5
+	$(VENV)/bin/talbench train configs/ci/thumos_i3d.yaml --output $(RUN)
+	$(VENV)/bin/talbench infer configs/ci/thumos_i3d.yaml $(RUN)/last.ckpt --out $(RUN)/predictions.json
+	$(VENV)/bin/talbench score --annotations data/synthetic/thumos/annotations/thumos14.json \
+		--predictions $(RUN)/predictions.json --dataset thumos14 --out $(RUN)/metrics.json
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_nms.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_infer.py
 
 # Re-resolve requirements.in into requirements.lock in a scratch venv.
 lock:

@@ -96,7 +96,7 @@ def score(
     predictions: Annotated[Path, typer.Option(help='{"results": {video_id: [{"label", "score", "segment"}]}}')],
     subset: Annotated[str, typer.Option(help="Subset of the annotations to score against (case-insensitive).")] = "test",
     tiou: Annotated[Optional[str], typer.Option(help="Thresholds: '0.3,0.5,0.7' (exact) or '0.3:0.7:5' (np.linspace, as the reference).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Take the tIoU thresholds of this registry dataset (e.g. thumos14).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Registry dataset (e.g. thumos14): its tIoU thresholds and label space.")] = None,
     top_k: Annotated[str, typer.Option(help="K of Recall@KxN, comma-separated.")] = "1,5",
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (atomically).")] = None,
     strict: Annotated[bool, typer.Option(help="Predictions on videos missing from the annotations are an error, not false positives.")] = False,
@@ -110,10 +110,14 @@ def score(
 
     if tiou is not None and dataset is not None:
         raise InputError("--tiou", tiou, "tiou", "give either --tiou or --dataset, not both")
+    num_classes = None
     if dataset is not None:
         from talbench.data.registry import load_registry
 
-        thresholds = load_registry(params).dataset(dataset).tiou_thresholds()
+        spec = load_registry(params).dataset(dataset)
+        thresholds = spec.tiou_thresholds()
+        # the dataset's whole label space: a predicted class without ground truth is not a typo
+        num_classes = max(task.num_classes for task in spec.tasks.values())
     else:
         thresholds = _parse_tious(tiou or "0.5:0.95:10")
     try:
@@ -121,7 +125,7 @@ def score(
     except ValueError:
         raise InputError("--top-k", top_k, "top_k", "expected comma-separated integers, e.g. 1,5") from None
     gt_file = load_annotations(annotations)
-    preds, warnings = load_predictions(predictions, gt_file, strict=strict)
+    preds, warnings = load_predictions(predictions, gt_file, strict=strict, num_classes=num_classes)
     result = evaluate_detection(ground_truth(gt_file, subset), preds, thresholds, top_k=ks)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)

@@ -180,8 +180,9 @@ def _fill_from_registry(path: str | Path, config: dict[str, Any], given_dataset:
 def finalize(config: dict[str, Any]) -> dict[str, Any]:
     """Derived fields, as the original fills them: the model sees the dataset's widths and cfgs."""
     dataset, model = config["dataset"], config["model"]
+    # a list (several feature types) reaches the model: Ego4D configs project each type separately
     input_dim = dataset["input_dim"]
-    model["input_dim"] = sum(input_dim) if isinstance(input_dim, (list, tuple)) else input_dim
+    model["input_dim"] = list(input_dim) if isinstance(input_dim, (list, tuple)) else input_dim
     model["num_classes"] = dataset["num_classes"]
     model["max_seq_len"] = dataset["max_seq_len"]
     model["train_cfg"] = config["train_cfg"]

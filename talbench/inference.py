@@ -7,6 +7,7 @@ into overlapping windows whose candidates are shifted back and merged before NMS
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def predict(config: dict[str, Any], weights: dict[str, Any], split: list[str], d
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="inference", unit="video")
+        indices = tqdm(indices, desc="inference", unit="video", mininterval=0.1 if sys.stderr.isatty() else 10.0)
     for i in indices:
         item = dataset[i]
         segments, scores, labels = video_candidates(model, item, device, test_cfg)

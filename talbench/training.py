@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,8 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, d
     if d.main:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(dump_config(config))
+        if start_epoch == 0:  # a fresh run: no curve lines left from an earlier one
+            (output / "metrics.jsonl").unlink(missing_ok=True)
     clip = float(config["train_cfg"]["clip_grad_l2norm"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     bar = _progress(progress and d.main, epochs, iters, start_epoch)
@@ -221,7 +224,9 @@ class _progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=epochs * iters, initial=start_epoch * iters, unit="it", dynamic_ncols=True)
+            # in logs (DVC, Airflow) a line every 10 s, not a redraw per iteration
+            interval = 0.1 if sys.stderr.isatty() else 10.0
+            self.bar = tqdm(total=epochs * iters, initial=start_epoch * iters, unit="it", dynamic_ncols=True, mininterval=interval)
         self.epochs = epochs
 
     def update(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:

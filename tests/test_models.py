@@ -127,11 +127,21 @@ def test_masked_conv_downsamples_mask() -> None:
         conv(torch.randn(1, 2, 7), mask[..., :7])
 
 
-@pytest.mark.parametrize("length", [37, 64])  # 64: alone it needs no padding at all
-def test_padding_does_not_change_outputs(length: int) -> None:
+@pytest.mark.parametrize(
+    ("length", "input_dim", "embd_dim"),
+    [
+        (37, 8, 16),
+        (64, 8, 16),  # 64: alone it needs no padding at all
+        (64, [3, 5], [4, 12]),  # per-type projections: an unmasked bias in the padding would show
+    ],
+)
+def test_padding_does_not_change_outputs(length: int, input_dim: Any, embd_dim: Any) -> None:
     # max_seq_len covers every padded length: past it the positional table is stretched (by design).
-    cfg = tiny_cfg(n_mha_win_size=[5, 5, 3, -1, -1, -1], use_abs_pe=True, max_seq_len=512)
+    cfg = tiny_cfg(
+        n_mha_win_size=[5, 5, 3, -1, -1, -1], use_abs_pe=True, max_seq_len=512, input_dim=input_dim, embd_dim=embd_dim
+    )
     model = perturbed(build_model(cfg)).eval()
+    assert len(model.backbone.proj) == (len(embd_dim) if isinstance(embd_dim, list) else 0)
     a, b = torch.randn(8, length), torch.randn(8, 150)
     alone = model(*pad_batch([a], model.max_div_factor))[0]
     batch = model(*pad_batch([a, b], model.max_div_factor, pad_to=400))
@@ -413,6 +423,11 @@ def test_candidates_decode_segments() -> None:
         ({"regression_range": [[0, 4]]}, "regression_range"),
         ({"n_head": 3}, "n_head"),
         ({"train_cfg": {"center_sample": "box"}}, "center_sample"),
+        # per-feature-type embedding widths
+        ({"embd_dim": [8, 8]}, r"model\.embd_dim is a list"),  # input_dim is an int
+        ({"input_dim": [4, 4], "embd_dim": [8, 4, 4]}, r"model\.embd_dim has 3 entries .* input_dim has 2"),
+        ({"input_dim": [4, 4], "embd_dim": [8]}, r"model\.embd_dim has 1 entries"),
+        ({"input_dim": [4, 4], "embd_dim": [8, 16], "fpn_dim": 16}, r"fpn_dim \(16\) must equal model\.embd_dim \(24"),
     ],
 )
 def test_unsupported_config_is_a_clear_error(overrides: dict[str, Any], message: str) -> None:
@@ -422,8 +437,9 @@ def test_unsupported_config_is_a_clear_error(overrides: dict[str, Any], message:
 
 
 def test_input_dim_list_and_unpadded_input() -> None:
-    model = build_model(tiny_cfg(input_dim=[5, 3]))
+    model = build_model(tiny_cfg(input_dim=[5, 3]))  # an int embd_dim: one concatenated input, no projections
     assert model.backbone.embd[0].conv.in_channels == 8
+    assert len(model.backbone.proj) == 0 and not any(k.startswith("backbone.proj") for k in model.state_dict())
     with pytest.raises(ValueError, match="max_div_factor"):
         model(torch.randn(1, 8, 30), torch.ones(1, 1, 30, dtype=torch.bool))
 
@@ -434,3 +450,109 @@ def test_state_dict_round_trip() -> None:
     model.loss_normalizer.fill_(42.0)
     clone.load_state_dict(copy.deepcopy(model.state_dict()))
     assert clone.loss_normalizer.item() == 42.0
+
+
+# ---------------------------------------------------------------- several feature types (the Ego4D configs)
+
+
+def multi_feature_cfg(**overrides: Any) -> dict[str, Any]:
+    """Three feature types with their own embedding widths, model width 8 + 8 + 16 = 32."""
+    cfg = {"input_dim": [12, 8, 4], "embd_dim": [8, 8, 16], "fpn_dim": 32, "head_dim": 32, "n_head": 4}
+    return tiny_cfg(**{**cfg, **overrides})
+
+
+def test_per_feature_type_projection() -> None:
+    model = perturbed(build_model(multi_feature_cfg(use_abs_pe=True))).eval()
+    backbone = model.backbone
+    assert backbone.split_dims == (12, 8, 4)
+    assert [(p.conv.in_channels, p.conv.out_channels, p.conv.kernel_size) for p in backbone.proj] == [
+        (12, 8, (1,)),
+        (8, 8, (1,)),
+        (4, 16, (1,)),
+    ]
+    assert backbone.embd[0].conv.in_channels == 32 and backbone.embd[0].conv.out_channels == 32
+    assert backbone.pos_embd is not None and backbone.pos_embd.shape[0] == 32
+    assert all(norm.weight.shape[1] == 32 for norm in model.neck.norms)
+    assert model.cls_head.trunk.convs[0].conv.in_channels == 32
+    assert model.reg_head.trunk.convs[0].conv.in_channels == 32
+    assert all(p.conv.bias is not None for p in build_model(multi_feature_cfg()).backbone.proj)
+    assert all((p.conv.bias == 0).all() for p in build_model(multi_feature_cfg()).backbone.proj)  # the init
+
+    # What the embedding convs see: each type's own 1x1 conv, masked, concatenated (no norm, no activation).
+    seen: list[Tensor] = []
+    handle = backbone.embd[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    feats, masks = pad_batch([torch.randn(24, 50), torch.randn(24, 20)], model.max_div_factor)
+    with torch.no_grad():
+        model.forward_levels(feats, masks)
+    handle.remove()
+    parts = feats.split([12, 8, 4], dim=1)
+    expected = torch.cat(
+        [F.conv1d(part, p.conv.weight, p.conv.bias) * masks for part, p in zip(parts, backbone.proj)], dim=1
+    )
+    torch.testing.assert_close(seen[0], expected)
+    assert (seen[0][1, :, 20:] == 0).all() and (seen[0][1, :, :20] < 0).any()  # masked, not ReLU'd
+
+    with pytest.raises(ValueError, match="channels"):
+        model.forward_levels(feats[:, :20], masks)
+
+
+def test_per_feature_type_model_trains_and_infers() -> None:
+    torch.manual_seed(0)
+    model = build_model(multi_feature_cfg()).train()
+    gen = torch.Generator().manual_seed(1)
+    feats, masks = pad_batch([torch.randn(24, 100, generator=gen), torch.randn(24, 64, generator=gen)], 32)
+    gts = [torch.tensor([[10.0, 20.0], [40.0, 80.0]]), torch.tensor([[5.0, 9.0]])]
+    labels = [torch.tensor([0, 2]), torch.tensor([1])]
+    losses = model(feats, masks, gts, labels)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["final_loss"].backward()
+    for proj in model.backbone.proj:  # every type's projection gets a gradient
+        assert proj.conv.weight.grad is not None and proj.conv.weight.grad.abs().sum() > 0
+    out = model.eval()(feats, masks)
+    assert len(out) == 2 and all(len(o["scores"]) > 0 for o in out)
+
+
+def ego4d_published_cfg() -> dict[str, Any]:
+    """configs/ego4d_slowfast_omnivore_egovlp.yaml of the original release (model section + dataset widths)."""
+    return tiny_cfg(
+        input_dim=[2304, 1536, 256],
+        num_classes=110,
+        max_seq_len=1024,
+        backbone_arch=[2, 2, 6],
+        regression_range=[[0, 4], [2, 8], [4, 16], [8, 32], [16, 64], [32, 128], [64, 10000]],
+        n_mha_win_size=9,
+        n_head=16,
+        embd_dim=[384, 384, 256],
+        fpn_dim=1024,
+        head_dim=1024,
+        use_abs_pe=True,
+        train_cfg={"init_loss_norm": 100, "dropout": 0.1, "droppath": 0.1},
+        test_cfg={"pre_nms_topk": 5000},
+    )
+
+
+def test_published_ego4d_config_builds_and_runs() -> None:
+    torch.manual_seed(0)
+    model = build_model(ego4d_published_cfg())
+    assert len(model.strides) == 7 and model.strides[-1] == 64
+    assert model.max_div_factor == 64 * 8  # window 9 on the stride-64 level
+    backbone = model.backbone
+    assert [(p.conv.in_channels, p.conv.out_channels) for p in backbone.proj] == [(2304, 384), (1536, 384), (256, 256)]
+    assert backbone.embd[0].conv.in_channels == 1024 and backbone.embd[1].conv.out_channels == 1024
+    assert backbone.pos_embd is not None and backbone.pos_embd.shape == (1024, 1024)
+    assert all(norm.weight.shape[1] == 1024 for norm in model.neck.norms)
+    assert model.cls_head.trunk.convs[0].conv.in_channels == 1024 and model.cls_head.out.conv.out_channels == 110
+
+    # The tiniest valid T: one video of 300 steps padded to 512.
+    feats, masks = pad_batch([torch.randn(4096, 300)], model.max_div_factor)
+    assert feats.shape == (1, 4096, 512)
+    with torch.no_grad():
+        losses = model.train()(feats, masks, [torch.tensor([[10.0, 40.0]])], [torch.tensor([3])])
+        assert set(losses) == {"cls_loss", "reg_loss", "final_loss"}
+        assert all(torch.isfinite(v) for v in losses.values())
+        points, cls_logits, offsets, level_masks = model.eval().forward_levels(feats, masks)
+        assert len(points) == 7
+        assert [c.shape for c in cls_logits] == [(1, 512 // 2**level, 110) for level in range(7)]
+        out = model.candidates(points, cls_logits, offsets, level_masks)
+    assert len(out) == 1 and len(out[0]["scores"]) > 0
+    assert (out[0]["segments"][:, 1] > out[0]["segments"][:, 0]).all()

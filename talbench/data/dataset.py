@@ -89,6 +89,10 @@ class VideoDataset(torch.utils.data.Dataset):
             anns = video.get("annotations", [])
             segments = np.array([a["segment"] for a in anns], dtype=np.float32).reshape(-1, 2)
             labels = np.array([a["label_id"] for a in anns], dtype=np.int64)
+            if self.cfg["num_classes"] == 1:
+                labels[:] = 0  # ActivityNet protocol: class-agnostic localisation, classes fused at test time
+            elif len(labels) and labels.max() >= self.cfg["num_classes"]:
+                raise InputError(json_file, vid, "label_id", f"label id {labels.max()} >= dataset.num_classes {self.cfg['num_classes']}")
             records.append(VideoRecord(vid, float(fps), float(video.get("duration", 1e8)), segments, labels))
         return records, label_names, missing
 

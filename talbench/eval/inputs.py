@@ -196,7 +196,7 @@ def ground_truth(annotations: Annotations, subset: str) -> GroundTruth:
     )
 
 
-def _label_error(label: Any, annotations: Annotations, path: str, item: str) -> InputError:
+def _label_error(label: Any, annotations: Annotations, path: str, item: str, num_classes: int | None) -> InputError:
     if type(label) is str:
         close = difflib.get_close_matches(label, list(annotations.label_names.values()), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -206,14 +206,19 @@ def _label_error(label: Any, annotations: Annotations, path: str, item: str) -> 
         known = sorted(annotations.label_names)
         span = f"{known[0]}..{known[-1]}" if known else "none"
         problem = f"unknown label_id {label} (ids in {annotations.path}: {span})"
+        if num_classes is not None:
+            problem = f"label_id {label} outside the {num_classes} classes of the dataset (0..{num_classes - 1})"
         return InputError(path, item, "label", problem)
     return InputError(path, item, "label", f"expected a label name or integer label_id, got {label!r}")
 
 
 def parse_predictions(
-    obj: Any, annotations: Annotations, path: str | Path, *, strict: bool = False
+    obj: Any, annotations: Annotations, path: str | Path, *, strict: bool = False, num_classes: int | None = None
 ) -> tuple[Predictions, list[str]]:
     """Validate an already parsed results object; labels may be names or label ids.
+
+    With `num_classes` (the dataset's label space), an id in range that no annotation uses is a
+    valid class without ground truth (ignored, as the protocol ignores such classes), not an error.
 
     Predictions on videos missing from the annotation file are false positives under the
     protocol: reported as a warning line, or an InputError when `strict`.
@@ -240,8 +245,9 @@ def parse_predictions(
                 _require(det, ("segment", "score", "label"), path, f"{video_id}[{i}]")
             label = det["label"]
             label_id = label_ids.get(label) if type(label) is str else label
-            if type(label_id) is not int or label_id not in annotations.label_names:
-                raise _label_error(label, annotations, path, f"{video_id}[{i}]")
+            in_space = num_classes is not None and type(label_id) is int and 0 <= label_id < num_classes
+            if type(label_id) is not int or not (label_id in annotations.label_names or in_space):
+                raise _label_error(label, annotations, path, f"{video_id}[{i}]", num_classes)
             score = det["score"]
             if not _is_number(score) or not math.isfinite(score):
                 problem = f"expected a finite number, got {score!r}"
@@ -271,6 +277,6 @@ def parse_predictions(
 
 
 def load_predictions(
-    path: str | Path, annotations: Annotations, *, strict: bool = False
+    path: str | Path, annotations: Annotations, *, strict: bool = False, num_classes: int | None = None
 ) -> tuple[Predictions, list[str]]:
-    return parse_predictions(_read_json(path), annotations, path, strict=strict)
+    return parse_predictions(_read_json(path), annotations, path, strict=strict, num_classes=num_classes)

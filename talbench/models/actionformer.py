@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from talbench.models.assignment import assign_labels
-from talbench.models.backbone import ConvTransformerBackbone
+from talbench.models.backbone import ConvTransformerBackbone, embedding_widths
 from talbench.models.heads import ClsHead, RegHead
 from talbench.models.losses import ctr_diou_loss_1d, sigmoid_focal_loss
 from talbench.models.neck import IdentityFPN
@@ -33,10 +34,14 @@ def _check_supported(cfg: Mapping[str, Any]) -> None:
         raise ValueError(f"model.backbone_type {cfg['backbone_type']!r} is not supported (only 'convTransformer')")
     if cfg["fpn_type"] != "identity":
         raise ValueError(f"model.fpn_type {cfg['fpn_type']!r} is not supported (only 'identity')")
-    if cfg["fpn_dim"] != cfg["embd_dim"]:
+    _, width = embedding_widths(cfg["input_dim"], cfg["embd_dim"])
+    if cfg["fpn_dim"] != width:
+        summed = ""
+        if isinstance(cfg["embd_dim"], (list, tuple)):
+            summed = f" = sum of {list(cfg['embd_dim'])}"
         raise ValueError(
             f"the identity FPN keeps the backbone's channels: model.fpn_dim ({cfg['fpn_dim']}) "
-            f"must equal model.embd_dim ({cfg['embd_dim']})"
+            f"must equal model.embd_dim ({width}{summed})"
         )
     if cfg["use_rel_pe"]:
         raise ValueError("model.use_rel_pe is not supported (relative position encoding is not implemented)")
@@ -74,12 +79,13 @@ class ActionFormer(nn.Module):
         # also keeps T divisible by every level's stride.
         self.max_div_factor = math.lcm(*(s * (w // 2) * 2 if w > 1 else s for s, w in zip(self.strides, windows)))
 
-        input_dim = cfg["input_dim"]
-        input_dim = sum(input_dim) if isinstance(input_dim, (list, tuple)) else int(input_dim)
-        embd_dim, head_dim = int(cfg["embd_dim"]), int(cfg["head_dim"])
+        # Lists for both: per-feature-type projections, then the model width is sum(embd_dim).
+        input_dim, type_embd_dim = cfg["input_dim"], cfg["embd_dim"]
+        _, embd_dim = embedding_widths(input_dim, type_embd_dim)
+        head_dim = int(cfg["head_dim"])
         self.backbone = ConvTransformerBackbone(
             input_dim=input_dim,
-            embd_dim=embd_dim,
+            embd_dim=type_embd_dim,
             n_head=int(cfg["n_head"]),
             embd_kernel_size=int(cfg["embd_kernel_size"]),
             arch=(n_embd, n_stem, n_branch),
@@ -164,10 +170,16 @@ class ActionFormer(nn.Module):
         )
         valid = torch.cat(masks, dim=1)
         pos = valid & (cls_targets.sum(dim=-1) > 0)
+        num_pos, ranks = pos.sum(), 1
+        if dist.is_available() and dist.is_initialized():
+            # Normalise by the positives of the whole distributed batch and undo DDP's gradient
+            # averaging, so N processes train exactly like one process with the full batch.
+            dist.all_reduce(num_pos)
+            ranks = dist.get_world_size()
         with torch.no_grad():
-            self.loss_normalizer.mul_(LOSS_NORM_MOMENTUM).add_((1 - LOSS_NORM_MOMENTUM) * pos.sum().clamp(min=1))
+            self.loss_normalizer.mul_(LOSS_NORM_MOMENTUM).add_((1 - LOSS_NORM_MOMENTUM) * num_pos.clamp(min=1))
         # A copy: the buffer is updated in place next step, possibly before this graph's backward.
-        norm = self.loss_normalizer.clone()
+        norm = self.loss_normalizer.clone() / ranks
 
         targets = cls_targets[valid] * (1 - self.label_smoothing) + self.label_smoothing / (self.num_classes + 1)
         cls_loss = sigmoid_focal_loss(torch.cat(cls_logits, dim=1)[valid].float(), targets) / norm

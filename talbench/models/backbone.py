@@ -4,10 +4,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talbench.models.blocks import LayerNorm, MaskedConv1D, TransformerBlock, sinusoid_table, zero_biases_
+
+
+def embedding_widths(input_dim: int | Sequence[int], embd_dim: int | Sequence[int]) -> tuple[int, int]:
+    """(input width, model width) of the backbone for these `input_dim` / `embd_dim` config values.
+
+    A list `embd_dim` (one width per feature type) needs a list `input_dim` of the same length and
+    gives the model width sum(embd_dim); a list `input_dim` with an int `embd_dim` is one
+    concatenated input of width sum(input_dim).
+    """
+    if isinstance(embd_dim, (list, tuple)):
+        if not isinstance(input_dim, (list, tuple)):
+            raise ValueError(
+                f"model.embd_dim is a list ({list(embd_dim)}): per-feature-type embedding widths need "
+                f"input_dim to be a list of the same length, got input_dim {input_dim!r}"
+            )
+        if len(embd_dim) != len(input_dim):
+            raise ValueError(
+                f"model.embd_dim has {len(embd_dim)} entries ({list(embd_dim)}) but input_dim has "
+                f"{len(input_dim)} feature types ({list(input_dim)}): they must match one to one"
+            )
+        if not embd_dim or any(int(d) <= 0 for d in embd_dim) or any(int(d) <= 0 for d in input_dim):
+            raise ValueError(
+                f"model.embd_dim {list(embd_dim)} and input_dim {list(input_dim)} must be positive widths"
+            )
+        return sum(int(d) for d in input_dim), sum(int(d) for d in embd_dim)
+    total_in = sum(int(d) for d in input_dim) if isinstance(input_dim, (list, tuple)) else int(input_dim)
+    return total_in, int(embd_dim)
 
 
 class ConvTransformerBackbone(nn.Module):
@@ -15,12 +43,17 @@ class ConvTransformerBackbone(nn.Module):
 
     Returns the stem output and every branch block's output: 1 + n_branch levels.
     `windows[l]` is the attention window of level l (level 0: the stem blocks).
+
+    With lists for both `input_dim` and `embd_dim` (several feature types concatenated along
+    channels), the input is first split into the types and each gets its own masked 1x1 conv
+    input_dim[i] -> embd_dim[i] (no norm, no activation); the concatenated projections (width
+    sum(embd_dim)) then go through the embedding convs, and everything after runs at that width.
     """
 
     def __init__(
         self,
-        input_dim: int,
-        embd_dim: int,
+        input_dim: int | Sequence[int],
+        embd_dim: int | Sequence[int],
         n_head: int,
         embd_kernel_size: int,
         arch: tuple[int, int, int],
@@ -35,8 +68,18 @@ class ConvTransformerBackbone(nn.Module):
         n_embd, n_stem, n_branch = arch
         if len(windows) != 1 + n_branch:
             raise ValueError(f"need one attention window per level ({1 + n_branch}), got {len(windows)}")
+        in_width, width = embedding_widths(input_dim, embd_dim)
+        # Per-feature-type projections: none (and no split) unless embd_dim is a list.
+        self.split_dims: tuple[int, ...] = ()
+        self.proj = nn.ModuleList()
+        if isinstance(embd_dim, (list, tuple)):
+            assert isinstance(input_dim, (list, tuple))
+            self.split_dims = tuple(int(d) for d in input_dim)
+            self.proj.extend(MaskedConv1D(int(c_in), int(c_out), 1) for c_in, c_out in zip(input_dim, embd_dim))
+            in_width = width
+        embd_dim = width
         self.embd = nn.ModuleList(
-            MaskedConv1D(input_dim if i == 0 else embd_dim, embd_dim, embd_kernel_size, bias=not embd_with_ln)
+            MaskedConv1D(in_width if i == 0 else embd_dim, embd_dim, embd_kernel_size, bias=not embd_with_ln)
             for i in range(n_embd)
         )
         self.embd_norm = nn.ModuleList(LayerNorm(embd_dim) if embd_with_ln else nn.Identity() for _ in range(n_embd))
@@ -61,6 +104,14 @@ class ConvTransformerBackbone(nn.Module):
         return F.interpolate(self.pos_embd[None], size=length, mode="linear", align_corners=False)[0]
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        if self.split_dims:
+            if x.shape[1] != sum(self.split_dims):
+                raise ValueError(
+                    f"input has {x.shape[1]} channels, the feature types {list(self.split_dims)} "
+                    f"need {sum(self.split_dims)}"
+                )
+            parts = x.split(self.split_dims, dim=1)
+            x = torch.cat([proj(part, mask)[0] for proj, part in zip(self.proj, parts)], dim=1)
         for conv, norm in zip(self.embd, self.embd_norm):
             x, mask = conv(x, mask)
             x = F.relu(norm(x)) * mask

@@ -16,6 +16,7 @@ import yaml
 
 from talbench.data.registry import Registry, unknown
 from talbench.errors import InputError
+from talbench.io import read_yaml_mapping
 
 DEFAULTS: dict[str, Any] = {
     "init_rand_seed": 1234567891,
@@ -137,15 +138,7 @@ def _merge(path: str | Path, given: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path, registry: Registry | None = None, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Read an ActionFormer YAML config; return (config, notes about values taken from the registry)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            given = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise InputError(path, "-", "-", "config file not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(path, "-", "-", f"not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(given, dict):
-        raise InputError(path, "-", "-", "expected a mapping at the top level")
+    given = read_yaml_mapping(path, missing="config file not found")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.rpartition(".")
         target = given.setdefault(section, {}) if section else given

@@ -41,6 +41,24 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+def read_yaml_mapping(path: str | Path, missing: str = "file not found") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; anything else is one InputError line."""
+    import yaml
+
+    from talbench.errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise InputError(path, "-", "-", missing) from None
+    except yaml.YAMLError as exc:
+        raise InputError(path, "-", "-", f"not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise InputError(path, "-", "-", "expected a mapping at the top level")
+    return data
+
+
 def file_md5(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-
 from talbench.errors import InputError
+from talbench.io import read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -134,16 +133,7 @@ def default_params_path() -> Path:
 
 def load_params(path: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     path = Path(path) if path is not None else default_params_path()
-    try:
-        with open(path, encoding="utf-8") as f:
-            params = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise InputError(path, "-", "-", "file not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(path, "-", "-", f"not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(params, dict):
-        raise InputError(path, "-", "-", "expected a mapping at the top level")
-    return path, params
+    return path, read_yaml_mapping(path)
 
 
 def load_registry(path: str | Path | None = None) -> Registry:

@@ -172,13 +172,15 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, d
             (output / "metrics.jsonl").unlink(missing_ok=True)
     clip = float(config["train_cfg"]["clip_grad_l2norm"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    # the published configs ask for 4 loader workers; more than the machine has only slows it down
+    workers = min(int(config["loader"]["num_workers"]), os.cpu_count() or 1)
     bar = _progress(progress and d.main, epochs, iters, start_epoch)
     started = time.time()
     for epoch in range(start_epoch, epochs):
         dataset.set_epoch(epoch)
         torch.manual_seed(int(np.random.SeedSequence([seed, epoch, d.rank]).generate_state(1)[0]))  # this epoch's dropout stream
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=epoch_batches(len(dataset), per_rank, seed, epoch, d),
-                                             collate_fn=collate, num_workers=int(config["loader"]["num_workers"]))
+                                             collate_fn=collate, num_workers=workers)
         net.train()
         sums: dict[str, float] = {}
         for items in loader:

@@ -141,6 +141,16 @@ def test_published_actionformer_config_loads_unchanged(registry):
     assert len(model.strides) == 6 and model.max_div_factor == 32 * 18
 
 
+@pytest.mark.slow
+def test_published_thumos_recipe_trains_unchanged(workdir, registry, monkeypatch):
+    from talbench.training import train
+
+    monkeypatch.chdir(workdir)  # the config's data paths are relative, as in the original
+    config, _ = load_config(ROOT / "configs/thumos_i3d.yaml", registry)
+    summary = train(config, workdir / "runs" / "published", stop_after_steps=2, progress=False)
+    assert summary["steps"] == 2
+
+
 def test_published_ego4d_config_with_per_feature_projections_builds(registry):
     config, _ = load_config(ROOT / "configs/ego4d_slowfast_omnivore_egovlp.yaml", registry)
     assert config["model"]["input_dim"] == [2304, 1536, 256]

@@ -151,6 +151,13 @@ def test_published_thumos_recipe_trains_unchanged(workdir, registry, monkeypatch
     assert summary["steps"] == 2
 
 
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("configs/**/*.yaml")))
+def test_every_shipped_config_loads_and_builds(registry, path):
+    config, notes = load_config(ROOT / path, registry)
+    assert notes == []  # every shipped config states its dataset facts
+    build_model(config["model"])
+
+
 def test_published_ego4d_config_with_per_feature_projections_builds(registry):
     config, _ = load_config(ROOT / "configs/ego4d_slowfast_omnivore_egovlp.yaml", registry)
     assert config["model"]["input_dim"] == [2304, 1536, 256]

@@ -24,13 +24,12 @@ def _twins(params: Optional[Path], likes: list[str], scale: str, seed: int, out:
 
     from talbench.data.archive import safe_extract
     from talbench.data.registry import load_params, load_registry
-    from talbench.data.synthetic import PROFILES, SCALES, write_twin
+    from talbench.data.synthetic import PROFILES, SCALES, recorded_md5, write_twin
 
     if scale not in SCALES:
         raise InputError("--scale", scale, "scale", f"expected one of {', '.join(SCALES)}")
     registry = load_registry(params)
     params_path, raw = load_params(params)
-    recorded = (raw.get("synthetic") or {}).get("md5") or {}
     for like in likes:
         if like not in PROFILES:
             from talbench.data.registry import unknown
@@ -47,7 +46,7 @@ def _twins(params: Optional[Path], likes: list[str], scale: str, seed: int, out:
         summary = write_twin(registry.dataset(like), scale, seed, out)
         if unpack:
             safe_extract(summary.archive, out)
-        expected = (recorded.get(like) or {}).get(scale) if seed == 0 else None
+        expected = recorded_md5(raw, like, scale, seed)
         if expected is not None and expected != summary.md5:
             mismatches.append(like)
         status = "" if expected is None else (" (as recorded)" if expected == summary.md5 else f" (params.yaml has {expected})")

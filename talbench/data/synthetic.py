@@ -402,6 +402,14 @@ def write_twin(dataset: DatasetSpec, scale: str, seed: int, out_dir: str | Path)
     return summarize(dataset, scale, seed, target)
 
 
+def recorded_md5(params: dict[str, Any], like: str, scale: str, seed: int) -> str | None:
+    """The md5 params.yaml records for this twin; recorded for seed 0 only."""
+    if seed != 0:
+        return None
+    value = (((params.get("synthetic") or {}).get("md5") or {}).get(like) or {}).get(scale)
+    return None if value is None else str(value)
+
+
 def archive_name(like: str, scale: str, seed: int) -> str:
     return f"{like}-{scale}-seed{seed}.zip"
 

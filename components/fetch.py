@@ -1,0 +1,37 @@
+"""Pipeline stage: make one dataset ready under `<data root>/<data.source>/`.
+
+    python components/fetch.py DATASET [--params params.yaml] [--data-root data]
+
+Bad input (unknown dataset, failed mirrors, md5 mismatch, unsafe or corrupt archive) is one
+`error: ...` line on stderr and exit status 2; earlier unpacked data is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from talbench.data.fetch import prepare_dataset
+from talbench.data.registry import load_params, load_registry
+from talbench.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fetch or build a dataset archive, verify its md5 and unpack it.")
+    parser.add_argument("dataset", help="a dataset of the registry, e.g. thumos14 or anet13_tsp")
+    parser.add_argument("--params", type=Path, default=None, help="params.yaml (default: ./params.yaml)")
+    parser.add_argument("--data-root", type=Path, default=None, help="data folder (default: data.root in params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        registry = load_registry(args.params)
+        _, params = load_params(args.params)
+        prepare_dataset(args.dataset, registry, params, args.data_root)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The fetch stage: download (or build) a dataset archive, verify its md5, unpack it safely.
+
+Every download lands in `<archive>.part` and is renamed into place only when complete, so an
+archive path always holds a whole file; a failed transfer's `.part` is what the next run resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+from urllib.request import url2pathname
+
+import requests
+from tqdm import tqdm
+
+from talbench.data.archive import safe_extract
+from talbench.data.registry import ArchiveSpec, Registry
+from talbench.errors import InputError
+from talbench.io import file_md5
+
+SOURCES = ("synthetic", "real")
+CHUNK_BYTES = 1 << 16  # small: a read cut short loses its whole chunk, the rest is resumed
+HTTP_TIMEOUT_S = (10.0, 60.0)  # connect, and between two reads of the body
+RETRY_BACKOFF_S = 0.5  # doubled after each failed attempt
+DRIVE_HOSTS = ("drive.google.com", "docs.google.com")
+EGO4D_LICENCE_URL = "https://ego4d-data.org/docs/start-here/"
+
+
+class DownloadError(Exception):
+    """One mirror could not deliver the file; the message says why, on one line."""
+
+
+class _Transient(DownloadError):
+    """A failure worth retrying: a dropped connection, a timeout, a 5xx answer."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def download(
+    url: str, dest: str | Path, *, expected_md5: str | None = None, progress: bool = True, retries: int = 3
+) -> Path:
+    """Fetch `url` (http(s), Google Drive link, s3://bucket/key or file://) to `dest`.
+
+    Raises DownloadError when the source cannot deliver it, and InputError (after moving the
+    file aside, see `verify_md5`) when `expected_md5` is given and does not match.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    parsed = urlparse(url)
+    scheme = parsed.scheme
+    if parsed.hostname in DRIVE_HOSTS:
+        _download_drive(url, part, progress)
+    elif scheme in ("http", "https"):
+        _download_http(url, part, progress, retries)
+    elif scheme == "s3":
+        _download_s3(url, part, progress)
+    elif scheme == "file":
+        _download_file(url, part)
+    else:
+        raise DownloadError(f"unsupported URL scheme '{scheme}' (expected http, https, s3 or file)")
+    os.replace(part, dest)
+    if expected_md5 is not None:
+        verify_md5(dest, expected_md5, url)
+    return dest
+
+
+def _download_http(url: str, part: Path, progress: bool, retries: int) -> None:
+    for attempt in range(retries + 1):
+        try:
+            _http_attempt(url, part, progress)
+            return
+        except _Transient as exc:
+            if attempt == retries:
+                raise DownloadError(f"{exc} (gave up after {retries + 1} attempts)") from None
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+
+
+def _http_attempt(url: str, part: Path, progress: bool) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    # identity: a server that gzips on the fly would otherwise hand us bytes that are not the archive's
+    headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+    try:
+        with requests.get(url, headers=headers, stream=True, timeout=HTTP_TIMEOUT_S) as response:
+            if response.status_code == 416:
+                # the partial file does not fit what the server holds now: start over
+                part.unlink(missing_ok=True)
+                raise _Transient("HTTP 416: stale partial download discarded")
+            if response.status_code >= 500:
+                raise _Transient(f"HTTP {response.status_code} {response.reason}")
+            if response.status_code not in (200, 206):
+                raise DownloadError(f"HTTP {response.status_code} {response.reason}")
+            if response.headers.get("Content-Type", "").startswith("text/html"):
+                # a share link's landing page (Box /s/..., Drive's virus-scan notice), not the archive
+                raise DownloadError("the server answered with a web page, not the file")
+            if response.status_code == 200:
+                have = 0  # the server ignored the Range request and sends the whole file
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            with open(part, "ab" if have else "wb") as f, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=part.stem, disable=not progress
+            ) as bar:
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            size = part.stat().st_size
+            if total is not None and size != total:
+                raise _Transient(f"transfer ended at {size} of {total} bytes")
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        raise _Transient(_one_line(exc)) from None
+    except requests.RequestException as exc:
+        raise DownloadError(_one_line(exc)) from None
+
+
+def drive_file_id(url: str) -> str | None:
+    """The file id of a Google Drive link (`/file/d/ID/...`, `open?id=ID`, `uc?id=ID`), else None."""
+    parsed = urlparse(url)
+    if parsed.hostname not in DRIVE_HOSTS:
+        return None
+    if match := re.search(r"/file/d/([\w-]+)", parsed.path):
+        return match.group(1)
+    ids = parse_qs(parsed.query).get("id")
+    return ids[0] if ids else None
+
+
+def _download_drive(url: str, part: Path, progress: bool) -> None:
+    # Imported here: only Drive mirrors need gdown, and it slows every other start-up.
+    import gdown
+    import gdown.exceptions
+
+    file_id = drive_file_id(url)
+    if file_id is None:
+        raise DownloadError("no file id in the Google Drive link")
+    try:
+        result = gdown.download(id=file_id, output=str(part), quiet=not progress)
+    except (gdown.exceptions.DownloadError, requests.RequestException, OSError) as exc:
+        raise DownloadError(_one_line(exc)) from None
+    if result is None or not part.is_file():
+        raise DownloadError("gdown returned no file")
+
+
+def _download_s3(url: str, part: Path, progress: bool) -> None:
+    # boto3 reads AWS_ENDPOINT_URL and the other AWS_* variables itself, so moto or MinIO work too.
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parsed = urlparse(url)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket or not key:
+        raise DownloadError("expected s3://bucket/key")
+    s3 = boto3.client("s3")
+    try:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        with tqdm(total=size, unit="B", unit_scale=True, desc=Path(key).name, disable=not progress) as bar:
+            s3.download_file(bucket, key, str(part), Callback=bar.update)
+    except (BotoCoreError, ClientError) as exc:
+        raise DownloadError(_one_line(exc)) from None
+
+
+def _download_file(url: str, part: Path) -> None:
+    source = Path(url2pathname(urlparse(url).path))
+    try:
+        shutil.copyfile(source, part)
+    except OSError as exc:
+        raise DownloadError(_one_line(exc)) from None
+
+
+def verify_md5(path: Path, expected: str, item: str) -> str:
+    """Return the md5 of `path`; on a mismatch move it to `<name>.bad-md5` and raise InputError.
+
+    The bad file is kept, not deleted, so a user can see what the mirror actually served.
+    """
+    actual = file_md5(path)
+    if actual != expected.lower():
+        bad = path.with_name(path.name + ".bad-md5")
+        os.replace(path, bad)
+        raise InputError(path, item, "md5", f"expected {expected}, got {actual}; the file was kept at {bad}")
+    return actual
+
+
+def fetch_archive(
+    spec: ArchiveSpec, dest_dir: str | Path, *, dataset: str | None = None, progress: bool = True, retries: int = 3
+) -> Path:
+    """`<dest_dir>/<spec.name>` with a verified md5, from the first mirror that delivers it.
+
+    An archive already there with the right md5 is kept as it is.
+    """
+    target = Path(dest_dir) / spec.name
+    item = dataset or spec.name
+    if target.is_file() and file_md5(target) == spec.md5.lower():
+        return target
+    if not spec.mirrors:
+        raise InputError(target, item, "mirrors", "no mirrors listed for this archive")
+    failures = []
+    for url in spec.mirrors:
+        try:
+            download(url, target, progress=progress, retries=retries)
+            break
+        except DownloadError as exc:
+            print(f"mirror failed for {spec.name}: {url}: {exc}", file=sys.stderr)
+            failures.append(f"{url} ({exc})")
+    else:
+        raise InputError(target, item, "mirrors", f"every mirror of {spec.name} failed: {'; '.join(failures)}")
+    verify_md5(target, spec.md5, item)
+    return target
+
+
+def ego4d_command(cli: Mapping[str, Any], output_dir: Path) -> str:
+    """The official `ego4d` CLI call that downloads what the registry's `ego4d_cli` lists."""
+    args = ["ego4d", "--output_directory", str(output_dir)]
+    for option in ("datasets", "benchmarks"):
+        if values := cli.get(option):
+            args += [f"--{option}", *map(str, values)]
+    return shlex.join(args)
+
+
+def prepare_dataset(
+    name: str,
+    registry: Registry,
+    params: Mapping[str, Any],
+    data_root: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Make dataset `name` ready under `<data_root>/<data.source>/` and return its unpacked root.
+
+    synthetic: build the twin archive (params `synthetic`: seed, scale) and check it against the
+    md5 recorded for seed 0; real: fetch the registry's archive from its mirrors. Either way the
+    archive is unpacked with `safe_extract`, so a bad archive leaves earlier data as it was.
+    """
+    spec = registry.dataset(name)
+    data = params.get("data") or {}
+    source = data.get("source", "synthetic")
+    if source not in SOURCES:
+        raise InputError(registry.path, "data", "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
+    out_dir = Path(data_root if data_root is not None else data.get("root", "data")) / source
+    if source == "synthetic":
+        archive, md5, verified = _build_twin(name, registry, params, out_dir)
+    else:
+        archive, md5, verified = _fetch_real(name, registry, out_dir, progress)
+    safe_extract(archive, out_dir)
+    root = out_dir / spec.root
+    if not root.is_dir():
+        raise InputError(archive, name, "root", f"the archive has no '{spec.root}/' folder")
+    check = "verified" if verified else "not recorded in params.yaml"
+    print(f"{name}: {source} archive {archive.name} (md5 {md5}, {check}) unpacked to {root}")
+    return root
+
+
+def _build_twin(name: str, registry: Registry, params: Mapping[str, Any], out_dir: Path) -> tuple[Path, str, bool]:
+    from talbench.data.synthetic import PROFILES, SCALES, recorded_md5, write_twin
+
+    synthetic = params.get("synthetic") or {}
+    seed, scale = synthetic.get("seed", 0), synthetic.get("scale", "ci")
+    if scale not in SCALES:
+        raise InputError(registry.path, "synthetic", "scale", f"expected one of {', '.join(SCALES)}, got {scale!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(registry.path, "synthetic", "seed", f"expected an integer, got {seed!r}")
+    if name not in PROFILES:
+        twins = ", ".join(PROFILES)
+        raise InputError(registry.path, name, "data.source", f"no synthetic twin of this dataset (twins: {twins}); use source: real")
+    summary = write_twin(registry.dataset(name), scale, seed, out_dir)
+    expected = recorded_md5(dict(params), name, scale, seed)
+    if expected is None:
+        return summary.archive, summary.md5, False
+    return summary.archive, verify_md5(summary.archive, expected, name), True
+
+
+def _fetch_real(name: str, registry: Registry, out_dir: Path, progress: bool) -> tuple[Path, str, bool]:
+    spec = registry.dataset(name)
+    if spec.archive is not None:
+        return fetch_archive(spec.archive, out_dir, dataset=name, progress=progress), spec.archive.md5, True
+    if spec.ego4d_cli is not None:
+        command = ego4d_command(spec.ego4d_cli, out_dir / "ego4d_download")
+        raise InputError(
+            registry.path, name, "ego4d_cli",
+            f"Ego4D is not redistributable and cannot be fetched here: accept its licence ({EGO4D_LICENCE_URL}), "
+            f"run `{command}`, then convert it to the layout under {out_dir / spec.root}",
+        )
+    raise InputError(registry.path, name, "archive", "the registry gives no archive to fetch for this dataset")

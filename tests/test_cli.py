@@ -29,7 +29,10 @@ def test_synth_writes_archive_and_dataset_and_verifies_md5(tmp_path):
 def test_md5_check_fails_when_the_twin_changes(tmp_path):
     result = run("synth", "anet13_tsp", "--out", str(tmp_path), "--seed", "0", "--scale", "ci", "--check-md5", "--params", str(_params_with_wrong_md5(tmp_path)))
     assert result.returncode == 2
-    assert "synthetic.md5" in result.stderr and "anet13_tsp" in result.stderr
+    line = result.stderr.strip()
+    assert "anet13_tsp-ci-seed0.zip: anet13_tsp: field 'md5': expected 000" in line and len(line.splitlines()) == 1
+    # the mismatching archive is kept aside for inspection and nothing was unpacked
+    assert (tmp_path / "anet13_tsp-ci-seed0.zip.bad-md5").exists() and not (tmp_path / "anet_1.3").exists()
 
 
 def _params_with_wrong_md5(tmp_path):

@@ -186,8 +186,7 @@ def infer(
     params: ParamsOption = None,
 ) -> None:
     """Detect actions in every video of a split; writes what `talbench score` reads."""
-    import torch
-
+    from talbench.data.dataset import VideoDataset
     from talbench.inference import check_class_agnostic, predict
     from talbench.io import write_json
     from talbench.training import load_checkpoint, pick_device, init_distributed
@@ -195,18 +194,13 @@ def infer(
     resolved = _config(config, params, sets)
     subsets = {"test": resolved["val_split"], "train": resolved["train_split"]}.get(split, [split])
     try:
-        _, weights, which = load_checkpoint(checkpoint, "cpu")
+        _, weights, which = load_checkpoint(checkpoint, "cpu", prefer_ema=not raw_weights)
     except FileNotFoundError:
         raise InputError(checkpoint, "-", "-", "checkpoint not found") from None
-    if raw_weights:
-        weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
-        which = "model"
-    from talbench.data.dataset import VideoDataset
-
-    labels = VideoDataset(resolved["dataset"], subsets, is_training=False).label_names
-    if problem := check_class_agnostic(resolved, labels):
+    dataset = VideoDataset(resolved["dataset"], subsets, is_training=False)
+    if problem := check_class_agnostic(resolved, dataset.label_names):
         raise InputError(config, "test_cfg", "ext_score_file", problem)
-    results = predict(resolved, weights, subsets, pick_device(device, init_distributed()))
+    results = predict(resolved, weights, dataset, pick_device(device, init_distributed()))
     write_json(out, results)
     print(f"{len(results['results'])} videos, {sum(map(len, results['results'].values()))} detections ({which} weights) -> {out}")
 

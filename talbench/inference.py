@@ -54,8 +54,8 @@ def fuse_external_scores(result: dict[str, torch.Tensor], class_scores: list[flo
     }
 
 
-def predict(config: dict[str, Any], weights: dict[str, Any], split: list[str], device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Detections for every video of `split`, in the ActivityNet results format (label ids, seconds)."""
+def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDataset, device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Detections for every video of `dataset` (an inference split), in the ActivityNet results format (label ids, seconds)."""
     from talbench.eval.nms import postprocess_video
     from talbench.models import build_model
 
@@ -63,7 +63,6 @@ def predict(config: dict[str, Any], weights: dict[str, Any], split: list[str], d
     model.load_state_dict(weights)
     model.eval()
     test_cfg = config["test_cfg"]
-    dataset = VideoDataset(config["dataset"], split, is_training=False)
     ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
     results: dict[str, list[dict[str, Any]]] = {}
     indices = range(len(dataset))

@@ -242,9 +242,9 @@ class _progress:
             self.bar.close()
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(config, weights, which): the EMA weights when the run kept them, else the raw weights."""
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", prefer_ema: bool = True) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(config, weights, which): the EMA weights when the run kept them (and prefer_ema), else the raw weights."""
     state = torch.load(path, map_location=device, weights_only=False)
-    if state.get("ema") is not None:
+    if prefer_ema and state.get("ema") is not None:
         return state["config"], state["ema"], "ema"
     return state["config"], state["model"], "model"

@@ -22,10 +22,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 RUN := outputs/thumos14-i3d
 run: $(STAMP)
-	$(VENV)/bin/talbench synth-all --scale ci --out data/synthetic --check-md5
+	$(PY) components/fetch.py thumos14
 	$(VENV)/bin/talbench train configs/ci/thumos_i3d.yaml --output $(RUN)
 	$(VENV)/bin/talbench infer configs/ci/thumos_i3d.yaml $(RUN)/last.ckpt --out $(RUN)/predictions.json
-	$(VENV)/bin/talbench score --annotations data/synthetic/thumos/annotations/thumos14.json \
+	$(VENV)/bin/talbench score --annotations data/synthetic/thumos14/thumos/annotations/thumos14.json \
 		--predictions $(RUN)/predictions.json --dataset thumos14 --out $(RUN)/metrics.json
 
 test: $(STAMP)

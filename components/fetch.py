@@ -1,4 +1,4 @@
-"""Pipeline stage: make one dataset ready under `<data root>/<data.source>/`.
+"""Pipeline stage: make one dataset ready under `<data root>/<data.source>/<DATASET>/`.
 
     python components/fetch.py DATASET [--params params.yaml] [--data-root data]
 

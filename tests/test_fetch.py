@@ -295,7 +295,7 @@ def unpacked(tmp_path: Path) -> Path:
     """A good thumos14 already fetched and unpacked under tmp_path/data/real."""
     good = make_zip(tmp_path / "mirror/good.zip", {"thumos/annotations/thumos14.json": "good"})
     root = prepare_thumos(tmp_path, good)
-    assert root == tmp_path / "data/real/thumos"
+    assert root == tmp_path / "data/real/thumos14/thumos"
     assert (root / "annotations/thumos14.json").read_text() == "good"
     return root
 
@@ -307,8 +307,8 @@ def test_md5_mismatch_keeps_the_file_aside_and_unpacks_nothing(unpacked: Path, t
     tampered = make_zip(tmp_path / "mirror/v2.zip", {"thumos/annotations/thumos14.json": "tampered", "thumos/extra": "x"})
     with pytest.raises(InputError) as err:
         prepare_dataset("thumos14", registry, params, progress=False)
-    archive = tmp_path / "data/real/thumos.zip"
-    bad = tmp_path / "data/real/thumos.zip.bad-md5"
+    archive = tmp_path / "data/real/archives/thumos.zip"
+    bad = tmp_path / "data/real/archives/thumos.zip.bad-md5"
     assert err.value.path == str(archive) and err.value.item == "thumos14" and err.value.field == "md5"
     assert f"got {md5(tampered.read_bytes())}" in str(err.value) and str(bad) in str(err.value)
     assert bad.read_bytes() == tampered.read_bytes() and not archive.exists()
@@ -356,7 +356,7 @@ def test_synthetic_twin_is_built_verified_and_unpacked(tmp_path: Path, capsys: p
     registry = load_registry(PARAMS)
     _, params = load_params(PARAMS)
     root = prepare_dataset("anet13_tsp", registry, params, tmp_path / "data")
-    assert root == tmp_path / "data/synthetic/anet_1.3"
+    assert root == tmp_path / "data/synthetic/anet13_tsp/anet_1.3"
     assert (root / "annotations/anet1.3_tsp_filtered.json").is_file()
     assert len(list((root / "tsp_features").glob("v_*.npy"))) == 90
     assert f"md5 {params['synthetic']['md5']['anet13_tsp']['ci']}, verified" in capsys.readouterr().out
@@ -372,7 +372,7 @@ def test_cli_success_then_wrong_md5(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ok = run_cli("anet13_tsp", "--params", str(PARAMS), "--data-root", str(data))
     assert ok.returncode == 0, ok.stderr
-    annotations = data / "synthetic/anet_1.3/annotations/anet1.3_tsp_filtered.json"
+    annotations = data / "synthetic/anet13_tsp/anet_1.3/annotations/anet1.3_tsp_filtered.json"
     before = annotations.read_bytes(), annotations.stat().st_mtime_ns
 
     params = yaml.safe_load(PARAMS.read_text())
@@ -382,7 +382,7 @@ def test_cli_success_then_wrong_md5(tmp_path: Path) -> None:
     failed = run_cli("anet13_tsp", "--params", str(wrong), "--data-root", str(data))
     assert failed.returncode == 2
     (line,) = failed.stderr.splitlines()
-    archive = data / "synthetic/anet13_tsp-ci-seed0.zip"
+    archive = data / "synthetic/archives/anet13_tsp-ci-seed0.zip"
     assert line.startswith(f"error: {archive}: anet13_tsp: field 'md5': expected {'0' * 32}")
-    assert (data / "synthetic/anet13_tsp-ci-seed0.zip.bad-md5").is_file() and not archive.exists()
+    assert (data / "synthetic/archives/anet13_tsp-ci-seed0.zip.bad-md5").is_file() and not archive.exists()
     assert (annotations.read_bytes(), annotations.stat().st_mtime_ns) == before

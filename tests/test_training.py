@@ -33,7 +33,7 @@ def workdir(registry, tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     data = root / "data" / "synthetic"
     for like in ("thumos14", "anet13_tsp", "ego4d_mq"):
-        safe_extract(write_twin(registry.dataset(like), "ci", 0, data).archive, data)
+        safe_extract(write_twin(registry.dataset(like), "ci", 0, data / "archives").archive, data / like)
     return root
 
 

@@ -224,6 +224,12 @@ def ego4d_command(cli: Mapping[str, Any], output_dir: Path) -> str:
     return shlex.join(args)
 
 
+def dataset_dir(name: str, params: Mapping[str, Any], data_root: str | Path | None = None) -> Path:
+    """Where prepare_dataset unpacks `name`: <data root>/<data.source>/<name>; registry paths are relative to it."""
+    data = params.get("data") or {}
+    return Path(data_root if data_root is not None else data.get("root", "data")) / data.get("source", "synthetic") / name
+
+
 def prepare_dataset(
     name: str,
     registry: Registry,
@@ -232,7 +238,7 @@ def prepare_dataset(
     *,
     progress: bool = True,
 ) -> Path:
-    """Make dataset `name` ready under `<data_root>/<data.source>/` and return its unpacked root.
+    """Make dataset `name` ready under `<data_root>/<data.source>/<name>/` and return its unpacked root.
 
     synthetic: build the twin archive (params `synthetic`: seed, scale) and check it against the
     md5 recorded for seed 0; real: fetch the registry's archive from its mirrors. Either way the
@@ -243,11 +249,13 @@ def prepare_dataset(
     source = data.get("source", "synthetic")
     if source not in SOURCES:
         raise InputError(registry.path, "data", "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
-    out_dir = Path(data_root if data_root is not None else data.get("root", "data")) / source
+    # One folder per dataset: registry entries may share an archive root (anet_1.3 for TSP and I3D).
+    source_dir = Path(data_root if data_root is not None else data.get("root", "data")) / source
+    archives, out_dir = source_dir / "archives", source_dir / name
     if source == "synthetic":
-        archive, md5, verified = _build_twin(name, registry, params, out_dir)
+        archive, md5, verified = _build_twin(name, registry, params, archives)
     else:
-        archive, md5, verified = _fetch_real(name, registry, out_dir, progress)
+        archive, md5, verified = _fetch_real(name, registry, archives, progress)
     safe_extract(archive, out_dir)
     root = out_dir / spec.root
     if not root.is_dir():

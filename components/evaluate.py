@@ -1,0 +1,70 @@
+"""Pipeline stage: inference and scoring of one trained experiment.
+
+    python components/evaluate.py EXPERIMENT [--params params.yaml] [--outputs outputs]
+
+Writes outputs/EXPERIMENT/predictions.json (ActivityNet results format), metrics.json (DVC
+metrics: mAP per tIoU, average mAP, Recall@KxN, AP per class) and map_vs_tiou.csv (a DVC plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from talbench.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Infer and score one trained experiment.")
+    parser.add_argument("experiment")
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate(args.experiment, args.params, args.outputs)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.experiment}: average mAP {100 * metrics['average_mAP']:.2f}")
+    return 0
+
+
+def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
+    from talbench.data.dataset import VideoDataset
+    from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
+    from talbench.eval.inputs import ground_truth, load_annotations, parse_predictions
+    from talbench.inference import check_class_agnostic, predict
+    from talbench.io import write_json
+    from talbench.pipeline import resolve_experiment
+    from talbench.training import load_checkpoint, pick_device, init_distributed
+
+    exp = resolve_experiment(name, params, outputs)
+    config = exp.config
+    _, weights, _ = load_checkpoint(exp.output / "train" / "last.ckpt")
+    dataset = VideoDataset(config["dataset"], config["val_split"], is_training=False)
+    if problem := check_class_agnostic(config, dataset.label_names):
+        raise InputError(config["dataset"]["json_file"], name, "ext_score_file", problem)
+    results = predict(config, weights, dataset, pick_device(None, init_distributed()))
+    annotations = load_annotations(config["dataset"]["json_file"])
+    spec = exp.experiment.dataset
+    preds, warnings = parse_predictions(results, annotations, exp.output / "predictions.json",
+                                        num_classes=spec.tasks[exp.experiment.task].num_classes)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    subset = config["val_split"][0]
+    result = evaluate_detection(ground_truth(annotations, subset), preds, spec.tiou_thresholds())
+    print(format_table(result, annotations.label_names))
+    metrics = result_to_dict(result, annotations.label_names)
+    write_json(exp.output / "predictions.json", results)
+    write_json(exp.output / "metrics.json", metrics)
+    with open(exp.output / "map_vs_tiou.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tiou", "mAP"])
+        writer.writerows(zip((round(float(t), 4) for t in result.tious), (float(m) for m in result.mAP)))
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(main())

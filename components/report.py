@@ -1,0 +1,257 @@
+"""Pipeline stage: one benchmark report over every experiment, Markdown and self-contained HTML.
+
+    python components/report.py [--params params.yaml] [--outputs outputs] [--validation reports/validation] [--out reports/benchmark]
+
+Reads each experiment's metrics.json, predictions.json and train/metrics.jsonl, the validation
+results and (when tracked) the MLflow run of each experiment; writes reports/benchmark/benchmark.md,
+reports/benchmark/benchmark.html (plots embedded) and the PNG plots beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from talbench.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the benchmark report.")
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("--validation", type=Path, default=Path("reports/validation"))
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.params, args.outputs, args.validation, args.out)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path} and {path.with_suffix('.md')}")
+    return 0
+
+
+def _read_json(path: Path, item: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, item, "-", "missing: run its pipeline stage first (dvc repro)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, item, "-", f"not valid JSON ({exc})") from None
+
+
+def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from talbench.data.registry import load_params
+
+    _, params = load_params(params_path)
+    rows = []
+    for name, entry in (params.get("experiments") or {}).items():
+        folder = outputs / name
+        history_file = folder / "train" / "metrics.jsonl"
+        rows.append({
+            "name": name,
+            "dataset": entry["dataset"],
+            "metrics": _read_json(folder / "metrics.json", name),
+            "predictions": _read_json(folder / "predictions.json", name)["results"],
+            "history": [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else [],
+            "mlflow": json.loads((folder / "mlflow.json").read_text()) if (folder / "mlflow.json").exists() else None,
+            "published": (params.get("published") or {}).get(name),
+        })
+    return params, rows
+
+
+def _plot_map_vs_tiou(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in rows:
+        m = row["metrics"]
+        ax.plot(m["tious"], [100 * v for v in m["mAP"].values()], marker="o", label=row["name"])
+    ax.set_xlabel("tIoU threshold")
+    ax.set_ylabel("mAP (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_training(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in rows:
+        if row["history"]:
+            ax.plot([h["epoch"] + 1 for h in row["history"]], [h["final_loss"] for h in row["history"]], label=row["name"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (cls + reg)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_timeline(row: dict[str, Any], annotations: dict[str, Any], subset: str, path: Path) -> str | None:
+    """Ground truth against the top detections on the test video with the most instances."""
+    import matplotlib.pyplot as plt
+
+    videos = {v: a for v, a in annotations.items() if a["subset"].lower() == subset.lower() and a["annotations"]}
+    if not videos:
+        return None
+    vid = max(videos, key=lambda v: len(videos[v]["annotations"]))
+    gt = videos[vid]["annotations"]
+    preds = sorted(row["predictions"].get(vid, []), key=lambda p: -p["score"])[: max(10, len(gt))]
+    fig, ax = plt.subplots(figsize=(9, 2.2))
+    for a in gt:
+        ax.broken_barh([(a["segment"][0], a["segment"][1] - a["segment"][0])], (1.1, 0.8), color="tab:green", alpha=0.7)
+    for p in preds:
+        ax.broken_barh([(p["segment"][0], p["segment"][1] - p["segment"][0])], (0.1, 0.8), color="tab:blue", alpha=min(1.0, 0.2 + p["score"]))
+    ax.set_yticks([0.5, 1.5], ["predicted", "ground truth"])
+    ax.set_xlim(0, videos[vid]["duration"])
+    ax.set_xlabel(f"seconds ({vid})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return vid
+
+
+def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from talbench.io import atomic_path
+    from talbench.pipeline import resolve_experiment
+
+    params, rows = collect(params_path, outputs)
+    if not rows:
+        raise InputError(params_path or "params.yaml", "experiments", "experiments", "no experiments to report")
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        _plot_map_vs_tiou(rows, tmp / "map_vs_tiou.png")
+        _plot_training(rows, tmp / "training_curves.png")
+        timelines = []
+        for row in rows:
+            exp = resolve_experiment(row["name"], params_path, outputs)
+            annotations = json.loads(Path(exp.config["dataset"]["json_file"]).read_text())["database"]
+            png = tmp / f"timeline_{row['name']}.png"
+            vid = _plot_timeline(row, annotations, exp.config["val_split"][0], png)
+            if vid:
+                timelines.append((row["name"], vid, png.name))
+        validation = _validation_summary(params, validation_dir)
+        markdown = _markdown(params, rows, timelines, validation)
+        (tmp / "benchmark.md").write_text(markdown, encoding="utf-8")
+        (tmp / "benchmark.html").write_text(_html(markdown, tmp), encoding="utf-8")
+    return out / "benchmark.html"
+
+
+def _validation_summary(params: dict[str, Any], validation_dir: Path) -> list[tuple[str, str]]:
+    rows = []
+    for name in (params.get("pipeline") or {}).get("datasets", []):
+        path = validation_dir / name / "validation.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            checks = result.get("expectations", [])
+            passed = sum(bool(c.get("success")) for c in checks)
+            rows.append((name, f"{'passed' if result.get('success') else 'FAILED'} ({passed}/{len(checks)} expectations)"))
+        else:
+            rows.append((name, "not validated"))
+    return rows
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: list[tuple[str, str, str]], validation: list[tuple[str, str]]) -> str:
+    source = (params.get("data") or {}).get("source", "synthetic")
+    lines = ["# talbench benchmark report", ""]
+    if source == "synthetic":
+        lines += [f"Data: synthetic twins (scale `{(params.get('synthetic') or {}).get('scale')}`, seed "
+                  f"`{(params.get('synthetic') or {}).get('seed')}`). Published numbers are for the real datasets and are shown for orientation only.", ""]
+    else:
+        lines += ["Data: the real datasets.", ""]
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_dataset.setdefault(row["dataset"], []).append(row)
+    for dataset, group in by_dataset.items():
+        keys = list(group[0]["metrics"]["mAP"])
+        tious = [k.split("@")[1] for k in keys]
+        lines += [f"## {dataset}", "", "| experiment | " + " | ".join(tious) + " | avg |", "|---" * (len(tious) + 2) + "|"]
+        for row in group:
+            m = row["metrics"]
+            lines.append(f"| {row['name']} | " + " | ".join(_fmt(m["mAP"][k]) for k in keys) + f" | **{_fmt(m['average_mAP'])}** |")
+            if row["published"]:
+                pub = row["published"]
+                lines.append(f"| {row['name']} (published, real data) | " + " | ".join(str(pub.get(t, pub.get(float(t), "—"))) for t in tious) + f" | {pub.get('avg', '—')} |")
+        recall_keys = [k for k in group[0]["metrics"]["recall"] if k.startswith("R@1x")]
+        lines += ["", "Recall@1x: " + "; ".join(f"{row['name']} " + ", ".join(f"{k.split('@')[2]}: {_fmt(row['metrics']['recall'][k])}" for k in recall_keys[:3]) for row in group), ""]
+        for row in group:
+            if row["mlflow"]:
+                lines.append(f"MLflow run of {row['name']}: {row['mlflow'].get('url') or row['mlflow'].get('run_id')}")
+        lines.append("")
+    lines += ["## mAP against tIoU", "", "![mAP vs tIoU](map_vs_tiou.png)", "", "## Training curves", "", "![training curves](training_curves.png)", ""]
+    lines += ["## Example timelines (green: ground truth, blue: top detections)", ""]
+    for name, vid, png in timelines:
+        lines += [f"**{name}** — {vid}", "", f"![{name}]({png})", ""]
+    lines += ["## AP per class (middle threshold)", ""]
+    for row in rows:
+        per_class = row["metrics"]["AP_per_class"]
+        keys = list(next(iter(per_class.values())).keys()) if per_class else []
+        if keys:
+            mid = keys[len(keys) // 2]
+            best = sorted(per_class.items(), key=lambda kv: -kv[1][mid])
+            shown = ", ".join(f"{c} {_fmt(v[mid])}" for c, v in best)
+            lines += [f"- **{row['name']}** ({mid}): {shown}"]
+    lines += ["", "## Data validation", "", "| dataset | result |", "|---|---|"]
+    lines += [f"| {name} | {status} |" for name, status in validation]
+    return "\n".join(lines) + "\n"
+
+
+def _html(markdown: str, folder: Path) -> str:
+    """A small Markdown subset to HTML, images inlined so the page stands alone."""
+    body, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("![") and "](" in line:
+            src = line[line.index("](") + 2: -1]
+            data = base64.b64encode((folder / src).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(src)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            body.append(f"<p>• {_inline(line[2:])}</p>")
+        elif line:
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>talbench benchmark report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    escaped = html.escape(text)
+    while escaped.count("**") >= 2:
+        escaped = escaped.replace("**", "<b>", 1).replace("**", "</b>", 1)
+    return escaped.replace("`", "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

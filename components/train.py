@@ -1,0 +1,43 @@
+"""Pipeline stage: train one experiment of params.yaml.
+
+    python components/train.py EXPERIMENT [--params params.yaml] [--outputs outputs]
+
+Writes outputs/EXPERIMENT/train/ (last.ckpt, config.yaml, metrics.jsonl) and the training curve
+outputs/EXPERIMENT/train_curve.csv (a DVC plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from talbench.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train ActionFormer for one experiment.")
+    parser.add_argument("experiment")
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    args = parser.parse_args(argv)
+    try:
+        from talbench.pipeline import resolve_experiment
+        from talbench.training import train
+
+        exp = resolve_experiment(args.experiment, args.params, args.outputs)
+        summary = train(exp.config, exp.output / "train")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with open(exp.output / "train_curve.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "step", "lr", "cls_loss", "reg_loss", "final_loss"])
+        writer.writeheader()
+        writer.writerows(summary["history"])
+    print(f"{exp.name}: trained {summary['steps']} iterations in {summary['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

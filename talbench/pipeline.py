@@ -1,0 +1,78 @@
+"""Glue between params.yaml and the stages: an experiment's config with its data paths resolved.
+
+An experiment in params.yaml names a dataset, a task, feature types and an ActionFormer config
+(the model and recipe). Its data paths come from the registry, under the folder the fetch stage
+unpacked the dataset into, so one config serves every feature combination and both data sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from talbench.config import finalize, load_config
+from talbench.data.fetch import dataset_dir
+from talbench.data.registry import Experiment, Registry, load_params, load_registry, unknown
+from talbench.errors import InputError
+
+
+@dataclass(frozen=True)
+class PipelineExperiment:
+    name: str
+    experiment: Experiment
+    config: dict[str, Any]
+    data_dir: Path
+    output: Path
+
+
+def experiment_names(params: dict[str, Any]) -> list[str]:
+    return list((params.get("experiments") or {}).keys())
+
+
+def resolve_experiment(name: str, params_path: str | Path | None = None, outputs: str | Path = "outputs") -> PipelineExperiment:
+    path, params = load_params(params_path)
+    registry = load_registry(path)
+    entries = params.get("experiments") or {}
+    if name not in entries:
+        raise InputError(path, "experiments", name, unknown(name, entries))
+    entry = entries[name]
+    for key in ("dataset", "features", "config"):
+        if key not in entry:
+            raise InputError(path, f"experiments.{name}", key, "required key is missing")
+    experiment = registry.experiment(entry["dataset"], entry.get("task"), list(entry["features"]))
+    data_dir = dataset_dir(experiment.dataset.name, params)
+    overrides = _data_overrides(experiment, data_dir, registry)
+    # per-experiment recipe changes, e.g. `overrides: {opt: {epochs: 5}}` (or dvc exp run -S ...)
+    for section, values in (entry.get("overrides") or {}).items():
+        if not isinstance(values, dict):
+            raise InputError(path, f"experiments.{name}.overrides", section, "expected a mapping of config keys, e.g. {opt: {epochs: 5}}")
+        overrides.update({f"{section}.{key}": value for key, value in values.items()})
+    config, notes = load_config(entry["config"], registry, overrides)
+    for note in notes:
+        print(f"note: {note}")
+    if config["dataset"]["num_classes"] != 1:  # 1: class-agnostic training (ActivityNet), kept
+        config["dataset"]["num_classes"] = experiment.dataset.tasks[experiment.task].num_classes
+        config = finalize(config)
+    return PipelineExperiment(name, experiment, config, data_dir, Path(outputs) / name)
+
+
+def _data_overrides(experiment: Experiment, data_dir: Path, registry: Registry) -> dict[str, Any]:
+    ds = experiment.dataset
+    specs = [ds.features[f] for f in experiment.features]
+    if len({(s.prefix, s.ext) for s in specs}) > 1:
+        raise InputError(registry.path, ds.name, "features", "feature types with different file prefixes or extensions cannot be combined")
+    task = ds.tasks[experiment.task]
+    overrides: dict[str, Any] = {
+        "dataset.json_file": str(data_dir / task.annotations),
+        "dataset.feat_folder": [str(data_dir / s.folder) for s in specs] if len(specs) > 1 else str(data_dir / specs[0].folder),
+        "dataset.file_prefix": specs[0].prefix or None,
+        "dataset.file_ext": specs[0].ext,
+        "dataset.input_dim": [s.channels for s in specs] if len(specs) > 1 else specs[0].channels,
+        "dataset.feat_stride": ds.feat_stride,
+        "dataset.num_frames": ds.num_frames,
+        "dataset.default_fps": ds.default_fps,
+    }
+    if ds.ext_score_file:
+        overrides["test_cfg.ext_score_file"] = str(data_dir / ds.ext_score_file)
+    return overrides

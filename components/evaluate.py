@@ -3,7 +3,9 @@
     python components/evaluate.py EXPERIMENT [--params params.yaml] [--outputs outputs]
 
 Writes outputs/EXPERIMENT/predictions.json (ActivityNet results format), metrics.json (DVC
-metrics: mAP per tIoU, average mAP, Recall@KxN, AP per class) and map_vs_tiou.csv (a DVC plot).
+metrics: mAP per tIoU, average mAP, Recall@KxN, AP per class) and map_vs_tiou.csv (a DVC plot),
+and logs config, curves, scores, tags and the registered model to the experiment's MLflow run
+(its address in mlflow.json).
 """
 
 from __future__ import annotations
@@ -63,7 +65,37 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
         writer = csv.writer(f)
         writer.writerow(["tiou", "mAP"])
         writer.writerows(zip((round(float(t), 4) for t in result.tious), (float(m) for m in result.mAP)))
+    _track(exp, params, config, weights, metrics)
     return metrics
+
+
+def _track(exp, params: Path | None, config: dict, weights: dict, metrics: dict) -> None:
+    """Everything about this experiment into its MLflow run; the run's address into mlflow.json."""
+    import json
+
+    from talbench.models import build_model
+    from talbench.pipeline import data_hash, tracked_run
+    from talbench.tracking import log_experiment_run, tracking_uri
+
+    parent, _ = tracked_run(exp.name, params)
+    model = build_model(config["model"])
+    model.load_state_dict(weights)
+    history = [json.loads(line) for line in (exp.output / "train" / "metrics.jsonl").read_text().splitlines()]
+    logged = log_experiment_run(
+        parent, exp.name, config=config, history=history, metrics=metrics,
+        dataset=exp.experiment.dataset.name, task=exp.experiment.task, features=exp.experiment.features,
+        data_hash=data_hash(exp.experiment.dataset.name), model=model,
+    )
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    experiment_id = MlflowClient(tracking_uri=uri).get_run(logged.run_id).info.experiment_id
+    # the UI's address of the run: on a tracking server directly, locally under `mlflow ui`
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    url = f"{base}/#/experiments/{experiment_id}/runs/{logged.run_id}"
+    record = {"tracking_uri": uri, "run_id": logged.run_id, "parent_run_id": parent, "model": logged.model_name,
+              "model_version": logged.model_version, "url": url}
+    (exp.output / "mlflow.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

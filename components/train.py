@@ -3,7 +3,8 @@
     python components/train.py EXPERIMENT [--params params.yaml] [--outputs outputs]
 
 Writes outputs/EXPERIMENT/train/ (last.ckpt, config.yaml, metrics.jsonl) and the training curve
-outputs/EXPERIMENT/train_curve.csv (a DVC plot).
+outputs/EXPERIMENT/train_curve.csv (a DVC plot); per-epoch losses go to the experiment's MLflow
+run as they come (MLFLOW_TRACKING_URI, default mlruns/), never stopping training if it is slow.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     args = parser.parse_args(argv)
     try:
-        from talbench.pipeline import resolve_experiment
+        from talbench.pipeline import resolve_experiment, tracked_run
+        from talbench.tracking import EpochLogger
         from talbench.training import train
 
         exp = resolve_experiment(args.experiment, args.params, args.outputs)
-        summary = train(exp.config, exp.output / "train")
+        _, run_id = tracked_run(exp.name, args.params)
+        summary = train(exp.config, exp.output / "train", on_epoch=EpochLogger(run_id).log_epoch)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

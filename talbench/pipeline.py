@@ -76,3 +76,40 @@ def _data_overrides(experiment: Experiment, data_dir: Path, registry: Registry) 
     if ds.ext_score_file:
         overrides["test_cfg.ext_score_file"] = str(data_dir / ds.ext_score_file)
     return overrides
+
+
+def run_group(params_path: str | Path | None = None) -> str:
+    """The MLflow parent run of this benchmark invocation: TALBENCH_RUN_GROUP, else commit + params.
+
+    Every stage process of one `dvc repro` sees the same commit and params, so they agree.
+    """
+    import hashlib
+    import os
+
+    from talbench.data.registry import default_params_path
+    from talbench.tracking.mlflow_tracking import git_commit
+
+    if group := os.environ.get("TALBENCH_RUN_GROUP"):
+        return group
+    params = Path(params_path) if params_path is not None else default_params_path()
+    return f"{git_commit()[:12]}-{hashlib.md5(params.read_bytes()).hexdigest()[:8]}"
+
+
+def tracked_run(name: str, params_path: str | Path | None = None) -> tuple[str, str]:
+    """(parent run id, this experiment's run id); fails clearly if a configured server is unreachable."""
+    from talbench.tracking import check_reachable, experiment_run, parent_run
+
+    check_reachable()
+    parent = parent_run("talbench", run_group(params_path), {"talbench.params": str(params_path or "params.yaml")})
+    return parent, experiment_run(parent, name)
+
+
+def data_hash(dataset: str, lock: str | Path = "dvc.lock") -> str:
+    """The DVC hash of the fetched dataset (from dvc.lock), or 'unknown' outside DVC."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(Path(lock).read_text())["stages"]
+        return str(stages[f"fetch@{dataset}"]["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "unknown"

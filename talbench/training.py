@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,12 @@ def _to(item_list: list[Any], device: torch.device) -> tuple[list[torch.Tensor],
 
 
 def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, device: str | None = None,
-          progress: bool = True, stop_after_steps: int | None = None) -> dict[str, Any]:
-    """Train and checkpoint every epoch into `output`; returns a summary (final losses, steps, seconds)."""
+          progress: bool = True, stop_after_steps: int | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and checkpoint every epoch into `output`; returns a summary (final losses, steps, seconds).
+
+    `on_epoch` (rank 0 only) receives each epoch's record after its checkpoint: experiment tracking.
+    """
     from talbench.models import build_model, pad_batch
 
     d = init_distributed()
@@ -212,6 +217,8 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, d
             save_checkpoint(ckpt_path, state)
             with open(output / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if on_epoch is not None:
+                on_epoch(record)
     bar.close()
     if d.world > 1:
         dist.barrier()

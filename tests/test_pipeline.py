@@ -55,6 +55,7 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
     html = (project / "reports/benchmark/benchmark.html").read_text()
     assert "thumos14-i3d" in html and "data:image/png;base64," in html and "published, real data" in html
     assert (project / "reports/validation/thumos14/data_docs/index.html").exists()
+    _check_mlflow(project)
     started = time.time()
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout and time.time() - started < 20
@@ -83,3 +84,19 @@ def test_wrong_md5_stops_at_fetch_and_keeps_earlier_outputs(project):
     assert "fetch@thumos14" in failed.stdout + failed.stderr
     assert "field 'md5': expected 000" in failed.stdout + failed.stderr
     assert (project / "reports/benchmark/benchmark.md").read_text() == report
+
+
+def _check_mlflow(project):
+    """One run per experiment in the project's mlruns/, under one parent, each with a registered model."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    experiment = client.get_experiment_by_name("talbench")
+    runs = client.search_runs([experiment.experiment_id], "tags.`talbench.role` = 'experiment'")
+    assert sorted(r.data.tags["experiment"] for r in runs) == sorted(EXPERIMENTS)
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+    for run in runs:
+        assert "average_mAP" in run.data.metrics and "opt.learning_rate" in run.data.params
+        assert run.data.tags["dvc_data_hash"].endswith(".dir")
+        assert len(client.get_metric_history(run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
+        assert client.search_model_versions(f"name='talbench-{run.data.tags['experiment']}'")

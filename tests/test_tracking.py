@@ -1,0 +1,281 @@
+"""MLflow tracking against real stores: a local SQLite file and a `mlflow server` subprocess."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from talbench.config import DEFAULTS, finalize
+from talbench.errors import InputError
+from talbench.models import build_model, pad_batch
+from talbench.tracking import (
+    EpochLogger,
+    check_reachable,
+    experiment_run,
+    flatten_config,
+    load_model,
+    log_experiment_run,
+    metric_name,
+    parent_run,
+    tracking_uri,
+)
+from talbench.tracking import mlflow_tracking
+
+HISTORY = [
+    {"epoch": e, "step": 4 * (e + 1), "lr": 1e-3 / (e + 1), "cls_loss": 1.0 - 0.1 * e, "reg_loss": 0.5 - 0.1 * e,
+     "final_loss": 1.5 - 0.2 * e}
+    for e in range(3)
+]
+SCORES = {
+    "tious": [0.3, 0.7],
+    "top_k": [1, 5],
+    "mAP": {"mAP@0.30": 0.5, "mAP@0.70": 0.25},
+    "average_mAP": 0.375,
+    "recall": {"R@1x@0.30": 0.6, "R@5x@0.30": 0.9, "R@1x@0.70": 0.3, "R@5x@0.70": 0.5},
+    "AP_per_class": {"a": {"AP@0.30": 0.5, "AP@0.70": 0.25}},
+}
+
+
+def _tiny_model() -> tuple[dict[str, Any], torch.nn.Module]:
+    config = copy.deepcopy(DEFAULTS)
+    config["dataset"].update(input_dim=8, num_classes=3, max_seq_len=256)
+    config["model"].update(embd_dim=16, fpn_dim=16, head_dim=16, n_mha_win_size=5)
+    config = finalize(config)
+    torch.manual_seed(0)
+    return config, build_model(config["model"]).eval()
+
+
+def _same_output(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    feats, masks = pad_batch([torch.randn(8, 300, generator=g), torch.randn(8, 100, generator=g)], a.max_div_factor)
+    with torch.no_grad():
+        expected, got = a(feats, masks), b(feats, masks)
+    assert len(expected) == len(got) == 2 and len(expected[0]["scores"]) > 0
+    for e, o in zip(expected, got):
+        for key in ("segments", "scores", "labels"):
+            torch.testing.assert_close(o[key], e[key], rtol=0, atol=0)
+
+
+def _log_two_experiments(tmp_path: Path, group: str) -> dict[str, Any]:
+    """What two DVC stages do: each finds the parent by group and logs its experiment."""
+    config, model = _tiny_model()
+    plot = tmp_path / "curve.png"
+    plot.write_bytes(b"\x89PNG\r\n\x1a\n")
+    first = parent_run("talbench-test", group, {"pipeline": "dvc"})
+    a = log_experiment_run(first, "exp_a", config=config, history=HISTORY, metrics=SCORES, dataset="thumos14",
+                           task="action", features=["i3d"], data_hash="md5:abc", plots=[plot], model=model)
+    second = parent_run("talbench-test", group, {"pipeline": "dvc"})
+    b = log_experiment_run(second, "exp_b", config=config, history=HISTORY[:1], metrics=SCORES, dataset="epic100",
+                           task="verb", features=["slowfast", "omnivore"], model=model)
+    return {"parents": (first, second), "a": a, "b": b, "model": model, "config": config}
+
+
+def _check_logged(logged: dict[str, Any]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    first, second = logged["parents"]
+    assert first == second
+    run_a, run_b = client.get_run(logged["a"].run_id), client.get_run(logged["b"].run_id)
+    for run in (run_a, run_b):
+        assert run.data.tags["mlflow.parentRunId"] == first
+        assert run.info.status == "FINISHED"
+    # params: the resolved config, flattened, without the copies finalize() makes inside `model`
+    params = run_a.data.params
+    assert params["opt.learning_rate"] == "0.001" and params["model.embd_dim"] == "16"
+    assert params["dataset.input_dim"] == "8" and params["model.backbone_arch"] == "[2, 2, 5]"
+    assert not any(k.startswith("model.train_cfg") for k in params)
+    # step metrics per epoch, final metrics under MLflow-safe names
+    history = client.get_metric_history(run_a.info.run_id, "train/final_loss")
+    assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["final_loss"]) for r in HISTORY]
+    assert [m.step for m in client.get_metric_history(run_a.info.run_id, "train/lr")] == [0, 1, 2]
+    metrics = run_a.data.metrics
+    assert metrics["mAP_at_0.30"] == 0.5 and metrics["average_mAP"] == 0.375 and metrics["R_at_5x_at_0.70"] == 0.5
+    tags = run_a.data.tags
+    assert (tags["dataset"], tags["task"], tags["features"], tags["experiment"]) == ("thumos14", "action", "i3d", "exp_a")
+    assert tags["dvc_data_hash"] == "md5:abc" and len(tags["git_commit"]) == 40
+    assert run_b.data.tags["features"] == "slowfast,omnivore" and run_b.data.tags["dvc_data_hash"] == "unknown"
+    assert client.get_run(first).data.tags["pipeline"] == "dvc"
+    # artifacts
+    names = {a.path for a in client.list_artifacts(run_a.info.run_id)}
+    assert {"config.yaml", "plots"} <= names
+    assert [a.path for a in client.list_artifacts(run_a.info.run_id, "plots")] == ["plots/curve.png"]
+    config_text = Path(client.download_artifacts(run_a.info.run_id, "config.yaml")).read_text()
+    assert "learning_rate: 0.001" in config_text
+    # the registered model: a version per experiment, the challenger alias, loads back identical
+    assert (logged["a"].model_name, logged["a"].model_version) == ("talbench-exp_a", "1")
+    assert str(client.get_model_version_by_alias("talbench-exp_a", "challenger").version) == "1"
+    assert client.get_model_version("talbench-exp_b", "1").run_id == run_b.info.run_id
+    _same_output(logged["model"], load_model("models:/talbench-exp_a@challenger"))
+
+
+def test_local_store_one_parent_per_group_and_everything_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    (tmp_path / "store").mkdir()
+    logged = _log_two_experiments(tmp_path, "dvc-run-1")
+    _check_logged(logged)
+
+    # a live epoch logged from training is not logged twice when the whole history follows
+    parent = parent_run("talbench-test", "dvc-run-2")
+    child = experiment_run(parent, "exp_c")
+    assert EpochLogger(child).log_epoch(HISTORY[0])
+    assert experiment_run(parent, "exp_c") == child
+    log_experiment_run(parent, "exp_c", config=logged["config"], history=HISTORY, dataset="d", task="t", features="f")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    assert [m.step for m in client.get_metric_history(child, "train/final_loss")] == [0, 1, 2]
+
+    # two processes asking at the same moment end up with the same single parent
+    ids: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def ask() -> None:
+        barrier.wait()
+        ids.append(parent_run("talbench-test", "dvc-run-3"))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 4 and len(set(ids)) == 1
+    live = client.search_runs([client.get_run(ids[0]).info.experiment_id], "tags.`talbench.group` = 'dvc-run-3'")
+    assert [r.info.run_id for r in live] == ids[:1]
+
+
+def test_epoch_logger_turns_store_failures_into_warnings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import mlflow.entities  # noqa: F401 - imported here, so the worker's deadline measures only the store
+
+    hang = threading.Event()
+
+    class Store:
+        def __init__(self, mode: str) -> None:
+            self.mode = mode
+
+        def log_batch(self, run_id: str, metrics: list[Any]) -> None:
+            if self.mode == "raise":
+                raise RuntimeError("database is locked\nmore detail")
+            hang.wait(5)
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(mlflow_tracking, "_client", lambda: Store("raise"))
+    started = time.monotonic()
+    assert not EpochLogger("r", timeout=2).log_epoch(HISTORY[0])
+    assert "database is locked" in caplog.text and "more detail" not in caplog.text
+
+    monkeypatch.setattr(mlflow_tracking, "_client", lambda: Store("hang"))
+    slow = EpochLogger("r", timeout=0.2)
+    assert not slow.log_epoch(HISTORY[0])
+    assert not slow.log_epoch(HISTORY[1])  # the first is still hanging: skipped at once
+    assert time.monotonic() - started < 1.5
+    assert "did not answer within" in caplog.text and "still hanging" in caplog.text
+    hang.set()
+
+
+def test_names_and_params_fit_mlflow_limits() -> None:
+    assert metric_name("mAP@0.30") == "mAP_at_0.30"
+    assert metric_name("R@1x@0.50") == "R_at_1x_at_0.50"
+    assert metric_name("AP (class #3)") == "AP _class _3_"
+    config, _ = _tiny_model()
+    config["dataset"]["json_file"] = "x" * 7000
+    flat = flatten_config(config)
+    assert len(flat["dataset.json_file"]) == 6000
+    assert flat["ema.enabled"] == "True" and flat["train_cfg.head_empty_cls"] == "[]"
+    assert "model.test_cfg.nms_method" not in flat and flat["test_cfg.nms_method"] == "soft"
+    with pytest.raises(ValueError, match="group"):
+        parent_run("talbench-test", "it's")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_check_reachable_fails_fast_in_one_line() -> None:
+    uri = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(InputError) as err:
+        check_reachable(uri, timeout=5)
+    assert time.monotonic() - started < 2
+    message = str(err.value)
+    assert "\n" not in message and "cannot be reached" in message and uri in message
+    assert message.startswith("MLFLOW_TRACKING_URI: ")
+    check_reachable("sqlite:///nowhere/mlflow.db")  # local stores are always fine
+    check_reachable("file:///nowhere")
+
+
+def test_default_store_is_mlruns_db_under_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    run_id = parent_run("talbench-default", "g")
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    exp_id = client.get_run(run_id).info.experiment_id
+    location = client.get_experiment(exp_id).artifact_location
+    assert Path(location.removeprefix("file://")) == tmp_path / "mlruns" / exp_id
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the default is not written into the environment
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Any:
+    """A real `mlflow server` on a free local port, stopped through its own process group."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,  # its workers share its group
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.25)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_tracking_server_over_http(mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    check_reachable(mlflow_server)
+    logged = _log_two_experiments(tmp_path, "airflow-run-1")
+    _check_logged(logged)
+    # artifacts went through the server into its artifacts destination, not into the client's cwd
+    assert list((tmp_path / "server-artifacts").rglob("config.yaml")) and not (tmp_path / "mlruns").exists()

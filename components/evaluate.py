@@ -15,7 +15,7 @@ import csv
 import sys
 from pathlib import Path
 
-from talbench.errors import InputError
+from talbench.errors import InputError, exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=None)
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     args = parser.parse_args(argv)
-    try:
-        metrics = evaluate(args.experiment, args.params, args.outputs)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.experiment}: average mAP {100 * metrics['average_mAP']:.2f}")
-    return 0
+    return exit_status(lambda: evaluate(args.experiment, args.params, args.outputs))
 
 
 def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
@@ -66,6 +60,7 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
         writer.writerow(["tiou", "mAP"])
         writer.writerows(zip((round(float(t), 4) for t in result.tious), (float(m) for m in result.mAP)))
     _track(exp, params, config, weights, metrics)
+    print(f"{name}: average mAP {100 * metrics['average_mAP']:.2f}")
     return metrics
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from talbench.data.fetch import prepare_dataset
 from talbench.data.registry import load_params, load_registry
-from talbench.errors import InputError
+from talbench.errors import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=None, help="params.yaml (default: ./params.yaml)")
     parser.add_argument("--data-root", type=Path, default=None, help="data folder (default: data.root in params.yaml)")
     args = parser.parse_args(argv)
-    try:
-        registry = load_registry(args.params)
-        _, params = load_params(args.params)
-        prepare_dataset(args.dataset, registry, params, args.data_root)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: prepare_dataset(args.dataset, load_registry(args.params), load_params(args.params)[1], args.data_root))
 
 
 if __name__ == "__main__":

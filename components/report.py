@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from talbench.errors import InputError
+from talbench.errors import InputError, exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", type=Path, default=Path("reports/validation"))
     parser.add_argument("--out", type=Path, default=Path("reports/benchmark"))
     args = parser.parse_args(argv)
-    try:
-        path = write_report(args.params, args.outputs, args.validation, args.out)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"report: {path} and {path.with_suffix('.md')}")
-    return 0
+    return exit_status(lambda: print(f"report: {write_report(args.params, args.outputs, args.validation, args.out)}"))
 
 
 def _read_json(path: Path, item: str) -> Any:

@@ -14,7 +14,7 @@ import csv
 import sys
 from pathlib import Path
 
-from talbench.errors import InputError
+from talbench.errors import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,24 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=None)
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     args = parser.parse_args(argv)
-    try:
-        from talbench.pipeline import resolve_experiment, tracked_run
-        from talbench.tracking import EpochLogger
-        from talbench.training import train
+    return exit_status(lambda: _train(args))
 
-        exp = resolve_experiment(args.experiment, args.params, args.outputs)
-        _, run_id = tracked_run(exp.name, args.params)
-        summary = train(exp.config, exp.output / "train", on_epoch=EpochLogger(run_id).log_epoch)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _train(args: argparse.Namespace) -> None:
+    from talbench.pipeline import resolve_experiment, tracked_run
+    from talbench.tracking import EpochLogger
+    from talbench.training import train
+
+    exp = resolve_experiment(args.experiment, args.params, args.outputs)
+    _, run_id = tracked_run(exp.name, args.params)
+    summary = train(exp.config, exp.output / "train", on_epoch=EpochLogger(run_id).log_epoch)
     with open(exp.output / "train_curve.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "step", "lr", "cls_loss", "reg_loss", "final_loss"])
         writer.writeheader()
         writer.writerows(summary["history"])
     print(f"{exp.name}: trained {summary['steps']} iterations in {summary['seconds']:.0f} s")
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ from pathlib import Path
 from talbench.data.fetch import dataset_dir
 from talbench.data.registry import load_params, load_registry
 from talbench.data.validation import validate_dataset
-from talbench.errors import InputError
+from talbench.errors import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,22 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=None, help="data folder (default: data.root in params.yaml)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/validation/DATASET)")
     args = parser.parse_args(argv)
-    try:
-        registry = load_registry(args.params)
-        _, params = load_params(args.params)
-        out_dir = args.out if args.out is not None else Path("reports/validation") / args.dataset
-        report = validate_dataset(args.dataset, registry, dataset_dir(args.dataset, params, args.data_root), out_dir)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _validate(args))
+
+
+def _validate(args: argparse.Namespace) -> None:
+    registry = load_registry(args.params)
+    _, params = load_params(args.params)
+    out_dir = args.out if args.out is not None else Path("reports/validation") / args.dataset
+    report = validate_dataset(args.dataset, registry, dataset_dir(args.dataset, params, args.data_root), out_dir)
     counts = report["counts"]
     print(
         f"{args.dataset}: {len(report['expectations'])} expectations passed on {counts['videos']} videos, "
         f"{counts['feature_files']} feature files, {counts['instances']} instances; report {out_dir / 'validation.json'}, "
         f"Data Docs {report['data_docs']}"
     )
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

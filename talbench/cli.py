@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from talbench.errors import InputError
+from talbench.errors import InputError, exit_status
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproducible temporal action localization benchmarks.")
 
@@ -215,11 +215,7 @@ def _parse_tious(spec: str):
 
 
 def main() -> None:
-    try:
-        app()
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status(app))
 
 
 if __name__ == "__main__":

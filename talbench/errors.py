@@ -6,6 +6,8 @@ and the field, so a user can go straight to the offending line.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -18,3 +20,13 @@ class InputError(Exception):
         self.field = field
         self.problem = problem
         super().__init__(f"{self.path}: {item}: field '{field}': {problem}")
+
+
+def exit_status(body: Callable[[], object]) -> int:
+    """Run a command's body: 0, or for bad input one `error: ...` line on stderr and 2."""
+    try:
+        body()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from talbench.config import load_config  # noqa: E402
 from talbench.data.registry import load_registry  # noqa: E402
 from talbench.models import build_model, pad_batch  # noqa: E402
-from talbench.training import make_optimizer  # noqa: E402
+from talbench.training import make_optimizer, training_step  # noqa: E402
 
 PUBLISHED = ROOT / "configs" / "thumos_i3d.yaml"
 # The original ActionFormer code, published THUMOS recipe, fp32, on this project's 2-core CPU.
@@ -74,14 +74,7 @@ def bench_one(config: dict, device: torch.device, length: int, dtype: str, steps
         autocast = torch.autocast(device.type, enabled=False)
 
     def step() -> float:
-        with autocast:
-            losses = model(feats, masks, segments, labels)
-        optimizer.zero_grad(set_to_none=True)
-        losses["final_loss"].backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        return losses["final_loss"].detach()
+        return training_step(model, optimizer, feats, masks, segments, labels, autocast, clip)["final_loss"].detach()
 
     for _ in range(warmup):
         step()

@@ -134,6 +134,19 @@ def _to(item_list: list[Any], device: torch.device) -> tuple[list[torch.Tensor],
     return ([i.feats.to(device) for i in item_list], [i.segments.to(device) for i in item_list], [i.labels.to(device) for i in item_list])
 
 
+def training_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor, masks: torch.Tensor,
+                  segments: list[torch.Tensor], labels: list[torch.Tensor], autocast: Any, clip: float) -> dict[str, torch.Tensor]:
+    """One optimisation step (forward, loss, backward, clipping, update); the benchmarks time this too."""
+    with autocast:
+        losses = net(batch, masks, segments, labels)
+    optimizer.zero_grad(set_to_none=True)
+    losses["final_loss"].backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    optimizer.step()
+    return losses
+
+
 def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, device: str | None = None,
           progress: bool = True, stop_after_steps: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -194,13 +207,7 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, d
                 group["lr"] = lr
             feats, segments, labels = _to(items, dev)
             batch, masks = pad_batch(feats, model.max_div_factor)
-            with autocast:
-                losses = net(batch, masks, segments, labels)
-            optimizer.zero_grad(set_to_none=True)
-            losses["final_loss"].backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            losses = training_step(net, optimizer, batch, masks, segments, labels, autocast, clip)
             step += 1
             if ema is not None:
                 ema.update(model, step)

@@ -3,8 +3,9 @@
     python components/evaluate.py EXPERIMENT [--params params.yaml] [--outputs outputs]
 
 Writes outputs/EXPERIMENT/predictions.json (ActivityNet results format), metrics.json (DVC
-metrics: mAP per tIoU, average mAP, Recall@KxN, AP per class) and map_vs_tiou.csv (a DVC plot),
-and logs config, curves, scores, tags and the registered model to the experiment's MLflow run
+metrics: mAP per tIoU, average mAP, Recall@KxN, AP per class), and the DVC plots map_vs_tiou.csv,
+pr_curve.csv (class-mean precision at 101 recall levels, a column per tIoU) and pr_curve.png;
+logs config, curves, scores, plots, tags and the registered model to the experiment's MLflow run
 (its address in mlflow.json).
 """
 
@@ -29,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     from talbench.data.dataset import VideoDataset
-    from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
+    from talbench.eval.detection import evaluate_detection, format_table, precision_recall_table, result_to_dict
     from talbench.eval.inputs import ground_truth, load_annotations, parse_predictions
     from talbench.inference import check_class_agnostic, predict
     from talbench.io import write_json
+    from talbench.plots import save_precision_recall
     from talbench.pipeline import resolve_experiment
     from talbench.training import load_checkpoint, pick_device, init_distributed
 
@@ -59,12 +61,18 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
         writer = csv.writer(f)
         writer.writerow(["tiou", "mAP"])
         writer.writerows(zip((round(float(t), 4) for t in result.tious), (float(m) for m in result.mAP)))
-    _track(exp, params, config, weights, metrics)
+    header, rows = precision_recall_table(result)
+    with open(exp.output / "pr_curve.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    curves = {column: [row[i] for row in rows] for i, column in enumerate(header) if i}
+    save_precision_recall(exp.output / "pr_curve.png", [row[0] for row in rows], curves, f"{name}: precision/recall")
+    plots = [exp.output / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "train_curve.csv")]
+    _track(exp, params, config, weights, metrics, [p for p in plots if p.exists()])
     print(f"{name}: average mAP {100 * metrics['average_mAP']:.2f}")
     return metrics
 
 
-def _track(exp, params: Path | None, config: dict, weights: dict, metrics: dict) -> None:
+def _track(exp, params: Path | None, config: dict, weights: dict, metrics: dict, plots: list[Path]) -> None:
     """Everything about this experiment into its MLflow run; the run's address into mlflow.json."""
     import json
 
@@ -79,7 +87,7 @@ def _track(exp, params: Path | None, config: dict, weights: dict, metrics: dict)
     logged = log_experiment_run(
         parent, exp.name, config=config, history=history, metrics=metrics,
         dataset=exp.experiment.dataset.name, task=exp.experiment.task, features=exp.experiment.features,
-        data_hash=data_hash(exp.experiment.dataset.name), model=model,
+        data_hash=data_hash(exp.experiment.dataset.name), plots=plots, model=model,
     )
     from mlflow.tracking import MlflowClient
 

@@ -2,7 +2,7 @@
 
     python components/report.py [--params params.yaml] [--outputs outputs] [--validation reports/validation] [--out reports/benchmark]
 
-Reads each experiment's metrics.json, predictions.json and train/metrics.jsonl, the validation
+Reads each experiment's metrics.json, predictions.json, pr_curve.csv and train/metrics.jsonl, the validation
 results and (when tracked) the MLflow run of each experiment; writes reports/benchmark/benchmark.md,
 reports/benchmark/benchmark.html (plots embedded) and the PNG plots beside them.
 """
@@ -39,6 +39,17 @@ def _read_json(path: Path, item: str) -> Any:
         raise InputError(path, item, "-", f"not valid JSON ({exc})") from None
 
 
+def _read_precision_recall(path: Path, item: str) -> tuple[list[float], dict[str, list[float]]]:
+    from talbench.plots import read_precision_recall
+
+    try:
+        return read_precision_recall(path)
+    except FileNotFoundError:
+        raise InputError(path, item, "-", "missing: run its pipeline stage first (dvc repro)") from None
+    except (ValueError, KeyError) as exc:
+        raise InputError(path, item, "recall", f"not a precision/recall table ({exc})") from None
+
+
 def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from talbench.data.registry import load_params
 
@@ -51,6 +62,7 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
             "name": name,
             "dataset": entry["dataset"],
             "metrics": _read_json(folder / "metrics.json", name),
+            "precision_recall": _read_precision_recall(folder / "pr_curve.csv", name),
             "predictions": _read_json(folder / "predictions.json", name)["results"],
             "history": [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else [],
             "mlflow": json.loads((folder / "mlflow.json").read_text()) if (folder / "mlflow.json").exists() else None,
@@ -72,6 +84,25 @@ def _plot_map_vs_tiou(rows: list[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_precision_recall(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from talbench.plots import draw_precision_recall
+
+    cols = min(4, len(rows))
+    n_rows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.8 * n_rows), squeeze=False)
+    for ax, row in zip(axes.flat, rows):
+        recall, curves = row["precision_recall"]
+        draw_precision_recall(ax, recall, curves, row["name"])
+        ax.legend(fontsize=5)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -128,6 +159,7 @@ def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, 
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         _plot_map_vs_tiou(rows, tmp / "map_vs_tiou.png")
+        _plot_precision_recall(rows, tmp / "precision_recall.png")
         _plot_training(rows, tmp / "training_curves.png")
         timelines = []
         for row in rows:
@@ -189,7 +221,10 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
             if row["mlflow"]:
                 lines.append(f"MLflow run of {row['name']}: {row['mlflow'].get('url') or row['mlflow'].get('run_id')}")
         lines.append("")
-    lines += ["## mAP against tIoU", "", "![mAP vs tIoU](map_vs_tiou.png)", "", "## Training curves", "", "![training curves](training_curves.png)", ""]
+    lines += ["## mAP against tIoU", "", "![mAP vs tIoU](map_vs_tiou.png)", ""]
+    lines += ["## Precision/recall (interpolated precision, mean over classes, one line per tIoU)", "",
+              "![precision/recall](precision_recall.png)", ""]
+    lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     lines += ["## Example timelines (green: ground truth, blue: top detections)", ""]
     for name, vid, png in timelines:
         lines += [f"**{name}** — {vid}", "", f"![{name}]({png})", ""]

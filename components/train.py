@@ -4,7 +4,8 @@
 
 Writes outputs/EXPERIMENT/train/ (last.ckpt, config.yaml, metrics.jsonl) and the training curve
 outputs/EXPERIMENT/train_curve.csv (a DVC plot); per-epoch losses go to the experiment's MLflow
-run as they come (MLFLOW_TRACKING_URI, default mlruns/), never stopping training if it is slow.
+run as they come (MLFLOW_TRACKING_URI, default mlruns/) with the machine's CPU, memory and GPU
+usage (system/*), never stopping training if tracking is slow.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> None:
     from talbench.pipeline import resolve_experiment, tracked_run
-    from talbench.tracking import EpochLogger
+    from talbench.tracking import EpochLogger, system_metrics
     from talbench.training import train
 
     exp = resolve_experiment(args.experiment, args.params, args.outputs)
     _, run_id = tracked_run(exp.name, args.params)
-    summary = train(exp.config, exp.output / "train", on_epoch=EpochLogger(run_id).log_epoch)
+    with system_metrics(run_id):
+        summary = train(exp.config, exp.output / "train", on_epoch=EpochLogger(run_id).log_epoch)
     with open(exp.output / "train_curve.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "step", "lr", "cls_loss", "reg_loss", "final_loss"])
         writer.writeheader()

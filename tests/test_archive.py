@@ -66,7 +66,17 @@ def test_truncated_archive_leaves_destination_untouched(tmp_path):
     whole = _zip(tmp_path / "whole.zip", {"ds/big.bin": b"\x01" * 100_000, "ds/keep.txt": "new"}).read_bytes()
     cut = tmp_path / "cut.zip"
     cut.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(InputError, match="cut.zip"):
+    with pytest.raises(InputError, match="cut.zip: -: field 'content': archive is corrupt or truncated") as caught:
         safe_extract(cut, dest)
+    assert "\n" not in str(caught.value)
     assert (dest / "ds/keep.txt").read_text() == "good"
     assert [p.name for p in dest.iterdir()] == ["ds"]
+
+
+def test_neither_zip_nor_tar_is_one_clear_line(tmp_path):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"<html>rate limit exceeded</html>")
+    with pytest.raises(InputError, match="junk.tar.gz: -: field 'format': neither a zip nor a readable tar archive") as caught:
+        safe_extract(junk, tmp_path / "data")
+    assert "\n" not in str(caught.value) and not str(caught.value).endswith(":")
+    assert not (tmp_path / "data").exists()

@@ -18,6 +18,7 @@ from talbench.eval.detection import (
     Predictions,
     evaluate_detection,
     format_table,
+    precision_recall_table,
     remove_duplicate_annotations,
     result_to_dict,
     tiou_thresholds,
@@ -31,7 +32,7 @@ NAMES = {i: f"class{i}" for i in range(5)}
 
 
 def oracle(database: dict, results: dict, subset: str, tious, top_k=(1, 5)):
-    """(ap [T, C], mAP [T], average_mAP, recall [T, K, C], mean_recall [T, K]); labels are ids."""
+    """(ap [T, C], mAP [T], average_mAP, recall [T, K, C], mean_recall [T, K], pr [T, C, 101]); labels are ids."""
     tious = np.asarray(tious, dtype=np.float64)
     gts = []  # (video, start, end, label) in file order
     for vid, video in database.items():
@@ -55,14 +56,15 @@ def oracle(database: dict, results: dict, subset: str, tious, top_k=(1, 5)):
     classes = sorted({g[3] for g in gts})
     ap = np.zeros((len(tious), len(classes)))
     recall = np.zeros((len(tious), len(top_k), len(classes)))
+    pr = np.zeros((len(tious), len(classes), 101))
     for ci, c in enumerate(classes):
         class_gts = [g for g in gts if g[3] == c]
         class_preds = [p for p in preds if p[3] == c]
         if class_preds:
-            ap[:, ci] = _oracle_ap(class_gts, class_preds, tious)
+            ap[:, ci], pr[:, ci] = _oracle_ap(class_gts, class_preds, tious)
             recall[:, :, ci] = _oracle_recall(class_gts, class_preds, tious, top_k)
     mAP = ap.mean(axis=1)
-    return ap, mAP, mAP.mean(), recall, recall.mean(axis=2)
+    return ap, mAP, mAP.mean(), recall, recall.mean(axis=2), pr
 
 
 def _oracle_tiou(s, e, g_start, g_end):
@@ -106,6 +108,9 @@ def _oracle_ap(class_gts, class_preds, tious):
     rec = tp_cum / float(len(class_gts))
     prec = tp_cum / (tp_cum + fp_cum)
     out = np.zeros(len(tious))
+    # precision/recall curve: the best precision at recall >= each level, 0 where never reached
+    curve = np.array([[max([p for p, r in zip(prec[t], rec[t]) if r >= level], default=0.0)
+                       for level in np.linspace(0, 1, 101)] for t in range(len(tious))])
     for t in range(len(tious)):
         mprec = np.hstack([[0], prec[t], [0]])
         mrec = np.hstack([[0], rec[t], [1]])
@@ -113,7 +118,7 @@ def _oracle_ap(class_gts, class_preds, tious):
             mprec[k] = max(mprec[k], mprec[k + 1])
         idx = np.where(mrec[1:] != mrec[:-1])[0] + 1
         out[t] = np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx])
-    return out
+    return out, curve
 
 
 def _oracle_recall(class_gts, class_preds, tious, top_k):
@@ -182,6 +187,24 @@ def test_duplicate_prediction_is_false_positive():
         {"v1": [det(0, 10, 0, 0.9), det(0, 10, 0, 0.8), det(20, 30, 0, 0.7)]},
     )
     assert r.ap[0, 0] == 0.5 * 1.0 + 0.5 * (2 / 3)
+    # precision/recall curve: 1 up to recall 0.5 (the first TP), then the envelope's 2/3
+    curve = r.pr_precision[0, 0]
+    assert (curve[r.pr_recall <= 0.5] == 1.0).all() and (curve[r.pr_recall > 0.5] == 2 / 3).all()
+
+
+def test_precision_recall_curve_is_zero_past_the_reached_recall_and_bounds_ap():
+    # one of two gts found, by the second prediction: rec=[0, .5], prec=[0, .5]; AP = .5 * .5
+    r = evaluate(
+        {"v1": video([ann(0, 10, 0), ann(20, 30, 0)])},
+        {"v1": [det(50, 60, 0, 0.9), det(0, 10, 0, 0.8)]},
+    )
+    curve = r.pr_precision[0, 0]
+    assert (curve[r.pr_recall <= 0.5] == 0.5).all() and (curve[r.pr_recall > 0.5] == 0.0).all()
+    header, rows = precision_recall_table(r)
+    assert header == ["recall", "precision@0.50"] and len(rows) == 101
+    assert rows[50] == [0.5, 0.5] and rows[51] == [0.51, 0.0]
+    # the curve is the non-increasing envelope AP integrates: right and left Riemann sums bound it
+    assert curve[1:].mean() <= r.ap[0, 0] <= curve[:-1].mean()
 
 
 def test_tiou_tie_locks_the_gt_the_reference_argsort_visits_first():
@@ -417,9 +440,10 @@ def random_case(seed: int):
 def test_matches_oracle_bitwise(seed):
     database, results, tious, top_k = random_case(seed)
     got = evaluate(database, results, tious=tious, top_k=top_k)
-    ap, mAP, average_mAP, recall, mean_recall = oracle(database, results, "validation", tious, top_k)
+    ap, mAP, average_mAP, recall, mean_recall, pr = oracle(database, results, "validation", tious, top_k)
     assert got.ap.shape == ap.shape and (got.ap == ap).all()
     assert (got.mAP == mAP).all()
     assert got.average_mAP == average_mAP
     assert got.recall.shape == recall.shape and (got.recall == recall).all()
     assert (got.mean_recall == mean_recall).all()
+    assert got.pr_precision.shape == pr.shape and (got.pr_precision == pr).all()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -17,7 +22,8 @@ EXPERIMENTS = ("thumos14-i3d", "anet13_tsp-tsp")
 
 
 def sh(args, cwd, check=True, timeout=900):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # a few samples even from these short trainings
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
@@ -62,7 +68,11 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
     metrics = sh(["dvc", "metrics", "show"], project).stdout
     assert "average_mAP" in metrics and "thumos14-i3d" in metrics
     sh(["dvc", "plots", "show", "-o", "plots_html"], project)
-    assert (project / "plots_html/index.html").exists()
+    plots_page = (project / "plots_html/index.html").read_text()
+    assert "precision@0.50" in plots_page and "pr_curve.png" in plots_page and "map_vs_tiou" in plots_page
+    header = (project / "outputs/thumos14-i3d/pr_curve.csv").read_text().splitlines()[0]
+    assert header == "recall,precision@0.30,precision@0.40,precision@0.50,precision@0.60,precision@0.70"
+    assert "precision_recall.png" in (project / "reports/benchmark/benchmark.md").read_text()
 
 
 @pytest.mark.slow
@@ -86,6 +96,102 @@ def test_wrong_md5_stops_at_fetch_and_keeps_earlier_outputs(project):
     assert (project / "reports/benchmark/benchmark.md").read_text() == report
 
 
+# ---------------------------------------------------------------- bad input through `dvc repro`
+
+
+def _twin_members(project: Path) -> dict[str, bytes]:
+    """The unpacked THUMOS14 twin's files, named as in its archive (thumos/...)."""
+    folder = project / "data/synthetic/thumos14"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _first_feature(members: dict[str, bytes]) -> str:
+    return sorted(n for n in members if n.startswith("thumos/i3d_features/") and n.endswith(".npy"))[0]
+
+
+def _edit_feature(edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict[str, bytes]], str]:
+    def damage(members: dict[str, bytes]) -> str:
+        name = _first_feature(members)
+        buffer = io.BytesIO()
+        np.save(buffer, edit(np.load(io.BytesIO(members[name]))))
+        members[name] = buffer.getvalue()
+        return Path(name).stem
+    return damage
+
+
+def _with_nan(a: np.ndarray) -> np.ndarray:
+    a[2, 5] = np.nan
+    return a
+
+
+def _truncate_feature(members: dict[str, bytes]) -> str:
+    name = _first_feature(members)
+    members[name] = members[name][: len(members[name]) // 2]
+    return Path(name).stem
+
+
+def _escape(members: dict[str, bytes]) -> str:
+    members["../escaped.txt"] = b"outside"
+    return "../escaped.txt"
+
+
+def _publish(project: Path, tmp: Path, members: dict[str, bytes], corrupt: bool = False) -> None:
+    """Serve `members` as the real THUMOS14 archive (a file:// mirror) with its md5 in params.yaml."""
+    mirror = tmp / f"thumos-{len(list(tmp.glob('*.zip')))}.zip"
+    with zipfile.ZipFile(mirror, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    if corrupt:  # cut before the central directory: the md5 still matches, the archive is unreadable
+        mirror.write_bytes(mirror.read_bytes()[: mirror.stat().st_size * 2 // 3])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["source"] = "real"
+    params["datasets"]["thumos14"]["archive"].update(
+        mirrors=[mirror.as_uri()], md5=hashlib.md5(mirror.read_bytes()).hexdigest())
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_bad_archives_and_feature_files_stop_the_pipeline_at_the_right_stage(project, tmp_path):
+    """As a user meets them: a damaged real archive stops `dvc repro` at fetch, a damaged feature
+    file inside a good archive stops it at validate; one clear line, earlier outputs untouched."""
+    good = _twin_members(project)
+    _publish(project, tmp_path, dict(good))
+    sh(["dvc", "repro", "validate@thumos14"], project)  # the good archive, through the real-data path
+    real = project / "data/real/thumos14"
+    earlier = {folder: _snapshot(project / folder) for folder in ("data/real/thumos14", "outputs/thumos14-i3d", "reports/benchmark")}
+    assert earlier["data/real/thumos14"] and earlier["outputs/thumos14-i3d"]
+
+    cases = [
+        ("corrupt", lambda m: None, True, "fetch@thumos14", "archive is corrupt or truncated"),
+        ("escaping", _escape, False, "fetch@thumos14", "escapes the target folder"),
+        ("nan", _edit_feature(_with_nan), False, "validate@thumos14", "field 'finite': expect_"),
+        ("width", _edit_feature(lambda a: a[:, :1024]), False, "validate@thumos14", "1024 channels, expected 2048"),
+        ("truncated", _truncate_feature, False, "validate@thumos14", "unreadable feature file"),
+    ]
+    for case, damage, corrupt, stage, message in cases:
+        members = dict(good)
+        item = damage(members)
+        _publish(project, tmp_path, members, corrupt)
+        failed = sh(["dvc", "repro", "train@thumos14-i3d"], project, check=False)
+        output = failed.stdout + failed.stderr
+        assert failed.returncode != 0, case
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], (case, output[-3000:])
+        if item:
+            assert item in errors[0], (case, errors[0])
+        assert f"failed to reproduce '{stage}'" in output, (case, output[-2000:])
+        assert "Running stage 'train@thumos14-i3d'" not in output
+        assert not list(project.rglob("escaped.txt"))
+        if stage.startswith("fetch"):  # nothing unpacked: the earlier good data is as it was
+            assert _snapshot(real) == earlier["data/real/thumos14"], case
+        for folder in ("outputs/thumos14-i3d", "reports/benchmark"):
+            assert _snapshot(project / folder) == earlier[folder], (case, folder)
+
+
 def _check_mlflow(project):
     """One run per experiment in the project's mlruns/, under one parent, each with a registered model."""
     from mlflow.tracking import MlflowClient
@@ -100,3 +206,6 @@ def _check_mlflow(project):
         assert run.data.tags["dvc_data_hash"].endswith(".dir")
         assert len(client.get_metric_history(run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
         assert client.search_model_versions(f"name='talbench-{run.data.tags['experiment']}'")
+        assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/pr_curve.csv", "plots/pr_curve.png", "plots/map_vs_tiou.csv", "plots/train_curve.csv"} <= plots

@@ -30,6 +30,7 @@ from talbench.tracking import (
     log_experiment_run,
     metric_name,
     parent_run,
+    system_metrics,
     tracking_uri,
 )
 from talbench.tracking import mlflow_tracking
@@ -184,6 +185,56 @@ def test_epoch_logger_turns_store_failures_into_warnings(monkeypatch: pytest.Mon
     assert not slow.log_epoch(HISTORY[1])  # the first is still hanging: skipped at once
     assert time.monotonic() - started < 1.5
     assert "did not answer within" in caplog.text and "still hanging" in caplog.text
+    hang.set()
+
+
+def test_system_metrics_are_sampled_into_the_run_and_continue_on_retraining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri())
+    run = experiment_run(parent_run("talbench-test", "sys-1"), "exp_sys")
+    client.set_terminated(run)  # as after an earlier train + evaluate: sampling must still happen
+    for _ in range(2):
+        with system_metrics(run, interval=0.2):
+            sum(i * i for i in range(3_000_000))  # some CPU work to sample
+            time.sleep(0.5)
+    cpu = client.get_metric_history(run, "system/cpu_utilization_percentage")
+    memory = client.get_metric_history(run, "system/system_memory_usage_megabytes")
+    assert len(cpu) >= 4 and len(memory) == len(cpu)
+    steps = sorted(m.step for m in cpu)
+    assert steps == list(range(len(steps)))  # the second block continued the steps, no overwrite
+    assert all(0 <= m.value <= 100 * os.cpu_count() for m in cpu) and all(m.value > 0 for m in memory)
+
+
+def test_system_metrics_never_stop_or_stall_training(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    caplog.set_level(logging.WARNING)
+
+    def unreachable() -> Any:
+        raise ConnectionError("tracking server went away\ntraceback")
+
+    monkeypatch.setattr(mlflow_tracking, "_client", unreachable)
+    ran = []
+    with system_metrics("r"):
+        ran.append(1)
+    assert ran == [1] and "no system metrics: tracking server went away" in caplog.text
+
+    class Client:
+        def update_run(self, run_id: str, status: str) -> None:
+            pass
+
+    hang = threading.Event()
+    monkeypatch.setattr(mlflow_tracking, "_client", Client)
+    monkeypatch.setattr(SystemMetricsMonitor, "__init__", lambda self, *a, **k: None)
+    monkeypatch.setattr(SystemMetricsMonitor, "start", lambda self: None)
+    monkeypatch.setattr(SystemMetricsMonitor, "finish", lambda self: hang.wait(5))
+    started = time.monotonic()
+    with system_metrics("r", timeout=0.3):
+        ran.append(2)
+    assert ran == [1, 2] and time.monotonic() - started < 2
+    assert "not written within" in caplog.text
     hang.set()
 
 

@@ -31,11 +31,15 @@ def archive_members(archive: Path) -> list[str]:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise InputError(archive, info.filename, "type", "symbolic link in zip archive: refusing to unpack")
         return [i.filename for i in infos]
+    with open(archive, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # starts as a zip, but its central directory is gone
+            raise InputError(archive, "-", "content", "archive is corrupt or truncated (a zip without its central directory)")
     try:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
     except tarfile.TarError as exc:
-        raise InputError(archive, "-", "format", f"neither a zip nor a readable tar archive ({exc})") from None
+        detail = "; ".join(line.strip(" :-") for line in str(exc).splitlines() if line.strip(" :-"))
+        raise InputError(archive, "-", "format", f"neither a zip nor a readable tar archive ({detail})") from None
     for m in members:
         _check_member(archive, m.name)
         if m.issym() or m.islnk():

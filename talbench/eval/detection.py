@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 DUPLICATE_TOL = 1e-3
+# recall levels of the precision/recall curves: 0, 0.01, ..., 1 (COCO's 101 points)
+PR_RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 
 
 def remove_duplicate_annotations(
@@ -147,6 +149,10 @@ class DetectionResult:
     recall: np.ndarray  # [T, K, C], Recall@KxN
     mean_recall: np.ndarray  # [T, K]
     counts: dict[str, int]
+    # precision/recall curves: the interpolated precision (the best precision at this recall or
+    # beyond, the envelope AP integrates) at each of the recall levels; 0 past a class's reach
+    pr_recall: np.ndarray  # [R]
+    pr_precision: np.ndarray  # [T, C, R]
 
 
 def tiou_thresholds(spec: str) -> np.ndarray:
@@ -334,11 +340,21 @@ def _true_positives(
     return tp
 
 
+def _interpolated_precision(precision: np.ndarray, recall: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Best precision at recall >= each level (0 where the level is never reached)."""
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    first = np.searchsorted(recall, levels, side="left")
+    reached = first < recall.size
+    return np.where(reached, envelope[np.minimum(first, recall.size - 1)], 0.0)
+
+
 def _average_precision(
-    tp: np.ndarray, bounds: np.ndarray, groups: _Groups, n_classes: int
-) -> np.ndarray:
+    tp: np.ndarray, bounds: np.ndarray, groups: _Groups, n_classes: int, levels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """AP [T, C] and the interpolated precision/recall curves [T, C, R] of every class."""
     npos = np.bincount(groups.classes, minlength=n_classes)
     ap = np.zeros((tp.shape[0], n_classes))
+    curves = np.zeros((tp.shape[0], n_classes, levels.size))
     for c in range(n_classes):
         tp_c = tp[:, bounds[c] : bounds[c + 1]]
         if tp_c.shape[1] == 0:
@@ -349,7 +365,8 @@ def _average_precision(
         precision = tp_cum / (tp_cum + fp_cum)
         for t in range(tp.shape[0]):
             ap[t, c] = _interpolated_ap(precision[t], recall[t])
-    return ap
+            curves[t, c] = _interpolated_precision(precision[t], recall[t], levels)
+    return ap, curves
 
 
 def _recall_at_kx(
@@ -430,7 +447,7 @@ def evaluate_detection(
 
     slots, bounds = _class_order(p_class, preds.scores, n_classes)
     tp = _true_positives(slots, p_group, preds, groups, thresholds)
-    ap = _average_precision(tp, bounds, groups, n_classes)
+    ap, pr_precision = _average_precision(tp, bounds, groups, n_classes, PR_RECALL_LEVELS)
     mAP = ap.mean(axis=1)
     recall = _recall_at_kx(p_group, preds, groups, thresholds, ks, n_classes)
     counts = {
@@ -443,6 +460,7 @@ def evaluate_detection(
     return DetectionResult(
         tious=thresholds, classes=classes, ap=ap, mAP=mAP, average_mAP=float(mAP.mean()),
         top_k=ks, recall=recall, mean_recall=recall.mean(axis=2), counts=counts,
+        pr_recall=PR_RECALL_LEVELS.copy(), pr_precision=pr_precision,
     )
 
 
@@ -477,6 +495,16 @@ def result_to_dict(result: DetectionResult, label_names: dict[int, str]) -> dict
         },
         "counts": dict(result.counts),
     }
+
+
+def precision_recall_table(result: DetectionResult) -> tuple[list[str], list[list[float]]]:
+    """The class-mean precision/recall curve per threshold: header `recall, precision@<tIoU>...`
+    and one row per recall level (the mean of the classes' interpolated precision, as COCO plots it)."""
+    keys = _threshold_keys(result.tious)
+    mean = result.pr_precision.mean(axis=1)  # [T, R]
+    header = ["recall", *(f"precision@{key}" for key in keys)]
+    rows = [[round(float(r), 4), *(float(v) for v in mean[:, i])] for i, r in enumerate(result.pr_recall)]
+    return header, rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -11,6 +11,7 @@ from talbench.tracking.mlflow_tracking import (
     metric_name,
     parent_run,
     score_metrics,
+    system_metrics,
     tracking_uri,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "metric_name",
     "parent_run",
     "score_metrics",
+    "system_metrics",
     "tracking_uri",
 ]

@@ -324,6 +324,39 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@contextlib.contextmanager
+def system_metrics(run_id: str, interval: float = 10.0, timeout: float = 10.0) -> Iterator[None]:
+    """Sample the machine's usage into the run as `system/*` metrics while the block runs.
+
+    MLflow's own monitor: CPU and memory (psutil), disk, network and, with nvidia-ml-py and a
+    driver, every GPU's utilisation and memory. A sample every `interval` seconds
+    (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it), continuing the run's earlier steps.
+    Like EpochLogger it never fails or stalls the block: a monitor that cannot start is a warning,
+    and stopping it waits at most `timeout` seconds for the last write.
+    """
+    from mlflow.entities import RunStatus
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor: SystemMetricsMonitor | None = None
+    try:
+        # the monitor samples only while the run is RUNNING (a retrained experiment's run was finished)
+        _client().update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=tracking_uri())
+        monitor.start()
+    except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop training
+        log.warning("tracking: no system metrics: %s", (str(exc) or repr(exc)).splitlines()[0])
+        monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            stopper = threading.Thread(target=monitor.finish, name="talbench-system-metrics", daemon=True)
+            stopper.start()
+            stopper.join(timeout)
+            if stopper.is_alive():
+                log.warning("tracking: the last system metrics were not written within %.0f s", timeout)
+
+
 # ---------------------------------------------------------------- the experiment's run
 
 

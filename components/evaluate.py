@@ -2,8 +2,9 @@
 
     python components/evaluate.py EXPERIMENT [--params params.yaml] [--outputs outputs]
 
-Writes outputs/EXPERIMENT/predictions.json (ActivityNet results format), metrics.json (DVC
-metrics: mAP per tIoU, average mAP, Recall@KxN, AP per class), and the DVC plots map_vs_tiou.csv,
+Writes outputs/EXPERIMENT/predictions.json (ActivityNet results format), scores.json (what
+`talbench score` writes: mAP and AP per class per tIoU, Recall@KxN, counts), metrics.json (DVC
+metrics: average mAP, mAP per tIoU, Recall@KxN), and the DVC plots map_vs_tiou.csv,
 pr_curve.csv (class-mean precision at 101 recall levels, a column per tIoU) and pr_curve.png;
 logs config, curves, scores, plots, tags and the registered model to the experiment's MLflow run
 (its address in mlflow.json).
@@ -54,9 +55,11 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     subset = config["val_split"][0]
     result = evaluate_detection(ground_truth(annotations, subset), preds, spec.tiou_thresholds())
     print(format_table(result, annotations.label_names))
-    metrics = result_to_dict(result, annotations.label_names)
+    scores = result_to_dict(result, annotations.label_names)
     write_json(exp.output / "predictions.json", results)
-    write_json(exp.output / "metrics.json", metrics)
+    write_json(exp.output / "scores.json", scores)
+    # the headline numbers only: `dvc metrics show` makes a column of every number in the file
+    write_json(exp.output / "metrics.json", {k: scores[k] for k in ("average_mAP", "mAP", "recall")})
     with open(exp.output / "map_vs_tiou.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["tiou", "mAP"])
@@ -67,12 +70,12 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     curves = {column: [row[i] for row in rows] for i, column in enumerate(header) if i}
     save_precision_recall(exp.output / "pr_curve.png", [row[0] for row in rows], curves, f"{name}: precision/recall")
     plots = [exp.output / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "train_curve.csv")]
-    _track(exp, params, config, weights, metrics, [p for p in plots if p.exists()])
-    print(f"{name}: average mAP {100 * metrics['average_mAP']:.2f}")
-    return metrics
+    _track(exp, params, config, weights, scores, [p for p in plots if p.exists()])
+    print(f"{name}: average mAP {100 * scores['average_mAP']:.2f}")
+    return scores
 
 
-def _track(exp, params: Path | None, config: dict, weights: dict, metrics: dict, plots: list[Path]) -> None:
+def _track(exp, params: Path | None, config: dict, weights: dict, scores: dict, plots: list[Path]) -> None:
     """Everything about this experiment into its MLflow run; the run's address into mlflow.json."""
     import json
 
@@ -85,9 +88,9 @@ def _track(exp, params: Path | None, config: dict, weights: dict, metrics: dict,
     model.load_state_dict(weights)
     history = [json.loads(line) for line in (exp.output / "train" / "metrics.jsonl").read_text().splitlines()]
     logged = log_experiment_run(
-        parent, exp.name, config=config, history=history, metrics=metrics,
+        parent, exp.name, config=config, history=history, metrics=scores,
         dataset=exp.experiment.dataset.name, task=exp.experiment.task, features=exp.experiment.features,
-        data_hash=data_hash(exp.experiment.dataset.name), plots=plots, model=model,
+        data_hash=data_hash(exp.experiment.dataset.name), plots=plots, files=[exp.output / "scores.json"], model=model,
     )
     from mlflow.tracking import MlflowClient
 

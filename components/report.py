@@ -2,7 +2,7 @@
 
     python components/report.py [--params params.yaml] [--outputs outputs] [--validation reports/validation] [--out reports/benchmark]
 
-Reads each experiment's metrics.json, predictions.json, pr_curve.csv and train/metrics.jsonl, the validation
+Reads each experiment's scores.json, predictions.json, pr_curve.csv and train/metrics.jsonl, the validation
 results and (when tracked) the MLflow run of each experiment; writes reports/benchmark/benchmark.md,
 reports/benchmark/benchmark.html (plots embedded) and the PNG plots beside them.
 """
@@ -61,7 +61,7 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
         rows.append({
             "name": name,
             "dataset": entry["dataset"],
-            "metrics": _read_json(folder / "metrics.json", name),
+            "metrics": _read_json(folder / "scores.json", name),
             "precision_recall": _read_precision_recall(folder / "pr_curve.csv", name),
             "predictions": _read_json(folder / "predictions.json", name)["results"],
             "history": [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else [],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -57,7 +58,9 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
     for stage in ("fetch@thumos14", "validate@anet13_tsp", "train@thumos14-i3d", "evaluate@anet13_tsp-tsp", "report"):
         assert f"Running stage '{stage}'" in run.stdout
     for name in EXPERIMENTS:
-        assert (project / "outputs" / name / "metrics.json").exists()
+        metrics = json.loads((project / "outputs" / name / "metrics.json").read_text())
+        assert set(metrics) == {"average_mAP", "mAP", "recall"}  # a readable `dvc metrics show`
+        assert "AP_per_class" in json.loads((project / "outputs" / name / "scores.json").read_text())
     html = (project / "reports/benchmark/benchmark.html").read_text()
     assert "thumos14-i3d" in html and "data:image/png;base64," in html and "published, real data" in html
     assert (project / "reports/validation/thumos14/data_docs/index.html").exists()
@@ -209,3 +212,4 @@ def _check_mlflow(project):
         assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/pr_curve.csv", "plots/pr_curve.png", "plots/map_vs_tiou.csv", "plots/train_curve.csv"} <= plots
+        assert "scores.json" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -380,6 +380,7 @@ def log_experiment_run(
     features: Sequence[str] | str,
     data_hash: str = "unknown",
     plots: Sequence[str | Path] = (),
+    files: Sequence[str | Path] = (),
     model: torch.nn.Module | None = None,
     register: bool = True,
     alias: str | None = ALIAS,
@@ -390,7 +391,8 @@ def log_experiment_run(
     Logged: the resolved config (params `section.key` and config.yaml); the per-epoch losses and lr
     from `history` (step = epoch; epochs already in the run are not logged twice); the final scores
     from `metrics`, the `talbench score` output (see score_metrics); tags (dataset, task, features,
-    experiment, git commit, DVC data hash); the plots (under plots/); and the model, registered as
+    experiment, git commit, DVC data hash); the plots (under plots/) and other `files` (at the top);
+    and the model, registered as
     `talbench-<name>` with `alias` pointing at the new version. Errors here are raised: this runs
     after training, and a benchmark whose results were not recorded should fail visibly.
     """
@@ -423,6 +425,8 @@ def log_experiment_run(
     client.log_text(run_id, dump_config(dict(config)), "config.yaml")
     for plot in plots:
         client.log_artifact(run_id, str(plot), "plots")
+    for path in files:
+        client.log_artifact(run_id, str(path))
 
     result = LoggedRun(run_id)
     if model is not None:

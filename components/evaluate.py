@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -31,21 +32,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     from talbench.data.dataset import VideoDataset
-    from talbench.eval.detection import evaluate_detection, format_table, precision_recall_table, result_to_dict
+    from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
     from talbench.eval.inputs import ground_truth, load_annotations, parse_predictions
     from talbench.inference import check_class_agnostic, predict
-    from talbench.io import write_json
-    from talbench.plots import save_precision_recall
+    from talbench.io import recover_outputs, staged_outputs
     from talbench.pipeline import resolve_experiment
+    from talbench.tracking import check_reachable
     from talbench.training import load_checkpoint, pick_device, init_distributed
 
     exp = resolve_experiment(name, params, outputs)
+    recover_outputs(exp.output, "evaluate")
+    check_reachable()  # before the work: an unreachable server must not cost an inference
     config = exp.config
-    _, weights, _ = load_checkpoint(exp.output / "train" / "last.ckpt")
+    checkpoint = exp.output / "train" / "last.ckpt"
+    _, weights, _ = load_checkpoint(checkpoint)
     dataset = VideoDataset(config["dataset"], config["val_split"], is_training=False)
     if problem := check_class_agnostic(config, dataset.label_names):
         raise InputError(config["dataset"]["json_file"], name, "ext_score_file", problem)
-    results = predict(config, weights, dataset, pick_device(None, init_distributed()))
+    results = predict(config, weights, dataset, pick_device(None, init_distributed()), source=checkpoint)
     annotations = load_annotations(config["dataset"]["json_file"])
     spec = exp.experiment.dataset
     preds, warnings = parse_predictions(results, annotations, exp.output / "predictions.json",
@@ -56,29 +60,38 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     result = evaluate_detection(ground_truth(annotations, subset), preds, spec.tiou_thresholds())
     print(format_table(result, annotations.label_names))
     scores = result_to_dict(result, annotations.label_names)
-    write_json(exp.output / "predictions.json", results)
-    write_json(exp.output / "scores.json", scores)
-    # the headline numbers only: `dvc metrics show` makes a column of every number in the file
-    write_json(exp.output / "metrics.json", {k: scores[k] for k in ("average_mAP", "mAP", "recall")})
-    with open(exp.output / "map_vs_tiou.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["tiou", "mAP"])
-        writer.writerows(zip((round(float(t), 4) for t in result.tious), (float(m) for m in result.mAP)))
-    header, rows = precision_recall_table(result)
-    with open(exp.output / "pr_curve.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([header, *rows])
-    curves = {column: [row[i] for row in rows] for i, column in enumerate(header) if i}
-    save_precision_recall(exp.output / "pr_curve.png", [row[0] for row in rows], curves, f"{name}: precision/recall")
-    plots = [exp.output / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "train_curve.csv")]
-    _track(exp, params, config, weights, scores, [p for p in plots if p.exists()])
+    # every output is made in the staging folder and tracked from there; they replace the
+    # earlier ones together, only once MLflow has them too
+    with staged_outputs(exp.output, "evaluate") as tmp:
+        _write_outputs(tmp, name, results, scores, result)
+        plots = [tmp / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png")] + [exp.output / "train_curve.csv"]
+        _track(exp, params, config, weights, scores, [p for p in plots if p.exists()], tmp)
     print(f"{name}: average mAP {100 * scores['average_mAP']:.2f}")
     return scores
 
 
-def _track(exp, params: Path | None, config: dict, weights: dict, scores: dict, plots: list[Path]) -> None:
-    """Everything about this experiment into its MLflow run; the run's address into mlflow.json."""
-    import json
+def _write_outputs(folder: Path, name: str, results: dict, scores: dict, result) -> None:
+    from talbench.eval.detection import precision_recall_table
+    from talbench.plots import save_precision_recall
 
+    (folder / "predictions.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (folder / "scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    # the headline numbers only: `dvc metrics show` makes a column of every number in the file
+    headline = {k: scores[k] for k in ("average_mAP", "mAP", "recall")}
+    (folder / "metrics.json").write_text(json.dumps(headline, indent=2) + "\n", encoding="utf-8")
+    with open(folder / "map_vs_tiou.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tiou", "mAP"])
+        writer.writerows(zip((round(float(t), 4) for t in result.tious), (float(m) for m in result.mAP)))
+    header, rows = precision_recall_table(result)
+    with open(folder / "pr_curve.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    curves = {column: [row[i] for row in rows] for i, column in enumerate(header) if i}
+    save_precision_recall(folder / "pr_curve.png", [row[0] for row in rows], curves, f"{name}: precision/recall")
+
+
+def _track(exp, params: Path | None, config: dict, weights: dict, scores: dict, plots: list[Path], folder: Path) -> None:
+    """Everything about this experiment into its MLflow run; the run's address into `folder`/mlflow.json."""
     from talbench.models import build_model
     from talbench.pipeline import data_hash, tracked_run
     from talbench.tracking import log_experiment_run, tracking_uri
@@ -90,7 +103,7 @@ def _track(exp, params: Path | None, config: dict, weights: dict, scores: dict, 
     logged = log_experiment_run(
         parent, exp.name, config=config, history=history, metrics=scores,
         dataset=exp.experiment.dataset.name, task=exp.experiment.task, features=exp.experiment.features,
-        data_hash=data_hash(exp.experiment.dataset.name), plots=plots, files=[exp.output / "scores.json"], model=model,
+        data_hash=data_hash(exp.experiment.dataset.name), plots=plots, files=[folder / "scores.json"], model=model,
     )
     from mlflow.tracking import MlflowClient
 
@@ -101,7 +114,7 @@ def _track(exp, params: Path | None, config: dict, weights: dict, scores: dict, 
     url = f"{base}/#/experiments/{experiment_id}/runs/{logged.run_id}"
     record = {"tracking_uri": uri, "run_id": logged.run_id, "parent_run_id": parent, "model": logged.model_name,
               "model_version": logged.model_version, "url": url}
-    (exp.output / "mlflow.json").write_text(json.dumps(record, indent=2) + "\n")
+    (folder / "mlflow.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
     python components/fetch.py DATASET [--params params.yaml] [--data-root data]
 
-Bad input (unknown dataset, failed mirrors, md5 mismatch, unsafe or corrupt archive) is one
-`error: ...` line on stderr and exit status 2; earlier unpacked data is left as it was.
+Bad input (unknown dataset, failed mirrors, md5 mismatch; an archive that is unsafe, corrupt, too
+large to unpack, or lacks the dataset's root folder or annotation files) is one `error: ...` line
+on stderr and exit status 2; earlier unpacked data is left as it was.
 """
 
 from __future__ import annotations

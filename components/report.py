@@ -15,9 +15,12 @@ import html
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from talbench.errors import InputError, exit_status
+
+if TYPE_CHECKING:
+    from talbench.data.formats import Video
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,22 +53,32 @@ def _read_precision_recall(path: Path, item: str) -> tuple[list[float], dict[str
         raise InputError(path, item, "recall", f"not a precision/recall table ({exc})") from None
 
 
+def _read_history(path: Path, item: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, item, "-", f"not a training curve (one JSON object a line: {exc})") from None
+
+
 def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from talbench.data.registry import load_params
+    from talbench.io import recover_outputs
 
     _, params = load_params(params_path)
     rows = []
     for name, entry in (params.get("experiments") or {}).items():
         folder = outputs / name
-        history_file = folder / "train" / "metrics.jsonl"
+        recover_outputs(folder)  # a stage killed while committing its complete outputs: finish it
         rows.append({
             "name": name,
             "dataset": entry["dataset"],
             "metrics": _read_json(folder / "scores.json", name),
             "precision_recall": _read_precision_recall(folder / "pr_curve.csv", name),
             "predictions": _read_json(folder / "predictions.json", name)["results"],
-            "history": [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else [],
-            "mlflow": json.loads((folder / "mlflow.json").read_text()) if (folder / "mlflow.json").exists() else None,
+            "history": _read_history(folder / "train" / "metrics.jsonl", name),
+            "mlflow": _read_json(folder / "mlflow.json", name) if (folder / "mlflow.json").exists() else None,
             "published": (params.get("published") or {}).get(name),
         })
     return params, rows
@@ -122,23 +135,23 @@ def _plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_timeline(row: dict[str, Any], annotations: dict[str, Any], subset: str, path: Path) -> str | None:
+def _plot_timeline(row: dict[str, Any], annotations: dict[str, Video], subset: str, path: Path) -> str | None:
     """Ground truth against the top detections on the test video with the most instances."""
     import matplotlib.pyplot as plt
 
-    videos = {v: a for v, a in annotations.items() if a["subset"].lower() == subset.lower() and a["annotations"]}
+    videos = {v: a for v, a in annotations.items() if a.subset.lower() == subset.lower() and a.instances}
     if not videos:
         return None
-    vid = max(videos, key=lambda v: len(videos[v]["annotations"]))
-    gt = videos[vid]["annotations"]
+    vid = max(videos, key=lambda v: len(videos[v].instances))
+    gt = videos[vid].instances
     preds = sorted(row["predictions"].get(vid, []), key=lambda p: -p["score"])[: max(10, len(gt))]
     fig, ax = plt.subplots(figsize=(9, 2.2))
     for a in gt:
-        ax.broken_barh([(a["segment"][0], a["segment"][1] - a["segment"][0])], (1.1, 0.8), color="tab:green", alpha=0.7)
+        ax.broken_barh([(a.start, a.end - a.start)], (1.1, 0.8), color="tab:green", alpha=0.7)
     for p in preds:
         ax.broken_barh([(p["segment"][0], p["segment"][1] - p["segment"][0])], (0.1, 0.8), color="tab:blue", alpha=min(1.0, 0.2 + p["score"]))
     ax.set_yticks([0.5, 1.5], ["predicted", "ground truth"])
-    ax.set_xlim(0, videos[vid]["duration"])
+    ax.set_xlim(0, videos[vid].duration or max(a.end for a in gt))
     ax.set_xlabel(f"seconds ({vid})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -150,6 +163,7 @@ def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, 
     import matplotlib
 
     matplotlib.use("Agg")
+    from talbench.data.formats import load_annotations
     from talbench.io import atomic_path
     from talbench.pipeline import resolve_experiment
 
@@ -164,7 +178,7 @@ def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, 
         timelines = []
         for row in rows:
             exp = resolve_experiment(row["name"], params_path, outputs)
-            annotations = json.loads(Path(exp.config["dataset"]["json_file"]).read_text())["database"]
+            annotations = load_annotations(exp.config["dataset"]["json_file"]).videos
             png = tmp / f"timeline_{row['name']}.png"
             vid = _plot_timeline(row, annotations, exp.config["val_split"][0], png)
             if vid:
@@ -181,7 +195,7 @@ def _validation_summary(params: dict[str, Any], validation_dir: Path) -> list[tu
     for name in (params.get("pipeline") or {}).get("datasets", []):
         path = validation_dir / name / "validation.json"
         if path.exists():
-            result = json.loads(path.read_text())
+            result = _read_json(path, name)
             checks = result.get("expectations", [])
             passed = sum(bool(c.get("success")) for c in checks)
             rows.append((name, f"{'passed' if result.get('success') else 'FAILED'} ({passed}/{len(checks)} expectations)"))

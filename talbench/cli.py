@@ -103,8 +103,10 @@ def score(
     """Score detections with the ActivityNet protocol: mAP per tIoU, average mAP, AP per class, Recall@KxN."""
     from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
     from talbench.eval.inputs import ground_truth, load_annotations, load_predictions
-    from talbench.io import write_json
+    from talbench.io import check_output_file, write_json
 
+    if out is not None:
+        check_output_file(out)
     if tiou is not None and dataset is not None:
         raise InputError("--tiou", tiou, "tiou", "give either --tiou or --dataset, not both")
     num_classes = None
@@ -161,6 +163,7 @@ def train(
     config: Annotated[Path, typer.Argument(help="An ActionFormer YAML config (the published layout).")],
     output: Annotated[Path, typer.Option(help="Run folder: checkpoints (last.ckpt), config.yaml, metrics.jsonl.")],
     resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/last.ckpt if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over in a folder that holds a run; its files are replaced when the first epoch ends.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present).")] = None,
     sets: SetOption = None,
     params: ParamsOption = None,
@@ -168,7 +171,9 @@ def train(
     """Train ActionFormer; a checkpoint is written atomically every epoch. Works under torchrun."""
     from talbench.training import train as run_training
 
-    summary = run_training(_config(config, params, sets), output, resume=resume, device=device)
+    if resume and overwrite:
+        raise InputError("--overwrite", "-", "overwrite", "--resume continues a run, --overwrite starts over: give one")
+    summary = run_training(_config(config, params, sets), output, resume=resume, overwrite=overwrite, device=device)
     if "history" in summary and summary["history"]:
         last = summary["history"][-1]
         print(f"trained {summary['steps']} iterations in {summary['seconds']:.0f} s; last epoch loss {last['final_loss']:.4f}; checkpoint {output / 'last.ckpt'}")
@@ -188,19 +193,18 @@ def infer(
     """Detect actions in every video of a split; writes what `talbench score` reads."""
     from talbench.data.dataset import VideoDataset
     from talbench.inference import check_class_agnostic, predict
-    from talbench.io import write_json
+    from talbench.io import check_output_file, write_json
     from talbench.training import load_checkpoint, pick_device, init_distributed
 
+    check_output_file(out)
     resolved = _config(config, params, sets)
+    dev = pick_device(device, init_distributed())
     subsets = {"test": resolved["val_split"], "train": resolved["train_split"]}.get(split, [split])
-    try:
-        _, weights, which = load_checkpoint(checkpoint, "cpu", prefer_ema=not raw_weights)
-    except FileNotFoundError:
-        raise InputError(checkpoint, "-", "-", "checkpoint not found") from None
+    _, weights, which = load_checkpoint(checkpoint, "cpu", prefer_ema=not raw_weights)
     dataset = VideoDataset(resolved["dataset"], subsets, is_training=False)
     if problem := check_class_agnostic(resolved, dataset.label_names):
         raise InputError(config, "test_cfg", "ext_score_file", problem)
-    results = predict(resolved, weights, dataset, pick_device(device, init_distributed()))
+    results = predict(resolved, weights, dataset, dev, source=checkpoint)
     write_json(out, results)
     print(f"{len(results['results'])} videos, {sum(map(len, results['results'].values()))} detections ({which} weights) -> {out}")
 

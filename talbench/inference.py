@@ -6,7 +6,6 @@ into overlapping windows whose candidates are shifted back and merged before NMS
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from talbench.data.dataset import VideoDataset, VideoItem
+from talbench.data.formats import is_number, read_json
 from talbench.errors import InputError
 
 
@@ -54,14 +54,19 @@ def fuse_external_scores(result: dict[str, torch.Tensor], class_scores: list[flo
     }
 
 
-def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDataset, device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Detections for every video of `dataset` (an inference split), in the ActivityNet results format (label ids, seconds)."""
+def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDataset, device: torch.device,
+            progress: bool = True, source: str | Path = "checkpoint") -> dict[str, Any]:
+    """Detections for every video of `dataset` (an inference split), in the ActivityNet results format (label ids, seconds).
+
+    `source` names the checkpoint the weights came from, for the error line when they do not fit the config.
+    """
     from talbench.eval.nms import postprocess_video
     from talbench.models import build_model
+    from talbench.training import load_weights
 
-    model = build_model(config["model"]).to(device)
-    model.load_state_dict(weights)
-    model.eval()
+    model = build_model(config["model"])
+    load_weights(model, weights, source)
+    model = model.to(device).eval()
     test_cfg = config["test_cfg"]
     ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -91,15 +96,20 @@ def _external_scores(test_cfg: dict[str, Any], dataset_cfg: dict[str, Any], data
         return None
     if str(path).endswith(".pkl"):
         raise InputError(path, "-", "ext_score_file", "pickled score files are not read (unsafe); convert it to JSON {'results': {video_id: [scores]}}")
-    try:
-        scores = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "-", "ext_score_file", "external classification score file not found") from None
-    scores = scores.get("results", scores)
+    scores = read_json(path)
+    scores = scores.get("results", scores) if isinstance(scores, dict) else scores
+    if not isinstance(scores, dict):
+        raise InputError(path, "-", "results", "expected {'results': {video_id: [score per class]}}")
     for rec in dataset.records:
         if rec.video_id not in scores:
             raise InputError(path, rec.video_id, "results", "no external classification scores for this video")
+        _check_class_scores(path, rec.video_id, scores[rec.video_id])
     return scores
+
+
+def _check_class_scores(path: str | Path, video_id: str, values: Any) -> None:
+    if not (isinstance(values, list) and values and all(is_number(v) and 0 <= v <= 1 for v in values)):
+        raise InputError(path, video_id, "results", "expected a non-empty list of class probabilities in [0, 1]")
 
 
 def check_class_agnostic(config: dict[str, Any], label_names: dict[int, str]) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from talbench.config import finalize, load_config
+from talbench.config import DEFAULTS, SECTIONS, finalize, load_config
 from talbench.data.fetch import dataset_dir
 from talbench.data.registry import Experiment, Registry, load_params, load_registry, unknown
 from talbench.errors import InputError
@@ -31,30 +31,38 @@ def experiment_names(params: dict[str, Any]) -> list[str]:
 
 
 def resolve_experiment(name: str, params_path: str | Path | None = None, outputs: str | Path = "outputs") -> PipelineExperiment:
-    path, params = load_params(params_path)
+    path, params = load_params(params_path)  # every key checked, experiments' names included
     registry = load_registry(path)
     entries = params.get("experiments") or {}
     if name not in entries:
         raise InputError(path, "experiments", name, unknown(name, entries))
+    for other, other_entry in entries.items():  # a misspelt override anywhere fails every stage alike
+        _check_override_keys(path, other, other_entry.get("overrides") or {})
     entry = entries[name]
-    for key in ("dataset", "features", "config"):
-        if key not in entry:
-            raise InputError(path, f"experiments.{name}", key, "required key is missing")
     experiment = registry.experiment(entry["dataset"], entry.get("task"), list(entry["features"]))
     data_dir = dataset_dir(experiment.dataset.name, params)
-    overrides = _data_overrides(experiment, data_dir, registry)
-    # per-experiment recipe changes, e.g. `overrides: {opt: {epochs: 5}}` (or dvc exp run -S ...)
-    for section, values in (entry.get("overrides") or {}).items():
-        if not isinstance(values, dict):
-            raise InputError(path, f"experiments.{name}.overrides", section, "expected a mapping of config keys, e.g. {opt: {epochs: 5}}")
-        overrides.update({f"{section}.{key}": value for key, value in values.items()})
-    config, notes = load_config(entry["config"], registry, overrides)
+    # per-experiment recipe changes, e.g. `overrides: {opt: {epochs: 5}}` (or dvc exp run -S ...);
+    # a bad value is reported at its line of params.yaml, not in the config file
+    recipe = {f"{section}.{key}": value for section, values in (entry.get("overrides") or {}).items() for key, value in values.items()}
+    origins = {dotted: (path, f"experiments.{name}.overrides.{dotted.partition('.')[0]}") for dotted in recipe}
+    overrides = {**_data_overrides(experiment, data_dir, registry), **recipe}
+    config, notes = load_config(entry["config"], registry, overrides, origins)
     for note in notes:
         print(f"note: {note}")
     if config["dataset"]["num_classes"] != 1:  # 1: class-agnostic training (ActivityNet), kept
         config["dataset"]["num_classes"] = experiment.dataset.tasks[experiment.task].num_classes
         config = finalize(config)
     return PipelineExperiment(name, experiment, config, data_dir, Path(outputs) / name)
+
+
+def _check_override_keys(path: Path, name: str, overrides: dict[str, dict[str, Any]]) -> None:
+    item = f"experiments.{name}.overrides"
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise InputError(path, item, section, unknown(section, SECTIONS).replace("unknown", "unknown section", 1))
+        for key in values:
+            if key not in DEFAULTS[section]:
+                raise InputError(path, f"{item}.{section}", key, unknown(key, DEFAULTS[section]).replace("unknown", "unknown key", 1))
 
 
 def _data_overrides(experiment: Experiment, data_dir: Path, registry: Registry) -> dict[str, Any]:

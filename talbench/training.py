@@ -8,6 +8,7 @@ therefore ends with the same weights as an uninterrupted one (on CPU, bit for bi
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -25,7 +26,8 @@ import torch.distributed as dist
 
 from talbench.config import dump_config
 from talbench.data.dataset import VideoDataset, collate
-from talbench.io import atomic_path
+from talbench.errors import InputError
+from talbench.io import recover_outputs, staged_outputs
 
 CHECKPOINT = "last.ckpt"
 
@@ -53,7 +55,17 @@ def init_distributed() -> Dist:
 
 def pick_device(requested: str | None, d: Dist) -> torch.device:
     if requested:
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise InputError("--device", requested, "device", "expected cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device", requested, "device", "CUDA is not available on this machine: use --device cpu (or leave it out)")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise InputError("--device", requested, "device", f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.type not in ("cpu", "cuda"):
+            raise InputError("--device", requested, "device", "expected cpu, cuda or cuda:N")
+        return device
     return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -125,11 +137,6 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int, d: Dist) -> list[li
     return [mine[i: i + batch] for i in range(0, len(mine) - batch + 1, batch)]
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def _to(item_list: list[Any], device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     return ([i.feats.to(device) for i in item_list], [i.segments.to(device) for i in item_list], [i.labels.to(device) for i in item_list])
 
@@ -147,11 +154,14 @@ def training_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batch:
     return losses
 
 
-def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, device: str | None = None,
-          progress: bool = True, stop_after_steps: int | None = None,
+def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, overwrite: bool = False,
+          device: str | None = None, progress: bool = True, stop_after_steps: int | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and checkpoint every epoch into `output`; returns a summary (final losses, steps, seconds).
 
+    A folder that already holds a run is continued with `resume` or started over with `overwrite`,
+    never silently mixed. Each epoch's checkpoint, metrics.jsonl and config.yaml are committed
+    together; nothing is written before the first epoch ends, so a run that fails early leaves no folder.
     `on_epoch` (rank 0 only) receives each epoch's record after its checkpoint: experiment tracking.
     """
     from talbench.models import build_model, pad_batch
@@ -159,35 +169,27 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, d
     d = init_distributed()
     dev = pick_device(device, d)
     output = Path(output)
+    state = _run_state(output, resume, overwrite, dev)
     seed = int(config["init_rand_seed"])
     seed_everything(seed)
     dataset = VideoDataset(config["dataset"], config["train_split"], is_training=True, seed=seed)
     batch_size = int(config["loader"]["batch_size"])
     if batch_size % d.world:
-        raise ValueError(f"loader.batch_size {batch_size} is not divisible by the {d.world} processes")
+        raise InputError("loader.batch_size", str(batch_size), "batch_size", f"not divisible by the {d.world} processes")
     per_rank = batch_size // d.world
     if len(dataset) < batch_size:
-        raise ValueError(f"{len(dataset)} training videos are fewer than loader.batch_size {batch_size}")
+        raise InputError(config["dataset"]["json_file"], ",".join(config["train_split"]), "loader.batch_size",
+                         f"{len(dataset)} training videos are fewer than loader.batch_size {batch_size}")
     model = build_model(config["model"]).to(dev)
     ema = ModelEMA(model, float(config["ema"]["decay"]), bool(config["ema"]["warmup"])) if config["ema"]["enabled"] else None
     optimizer = make_optimizer(model, config["opt"])
     iters = len(dataset) // d.world // per_rank
     epochs = int(config["opt"]["epochs"]) + (int(config["opt"]["warmup_epochs"]) if config["opt"]["warmup"] else 0)
     start_epoch, step, history = 0, 0, []
-    ckpt_path = output / CHECKPOINT
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
+    if state is not None:
+        _restore(output / CHECKPOINT, state, model, optimizer, ema)
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
     net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
-    if d.main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump_config(config))
-        if start_epoch == 0:  # a fresh run: no curve lines left from an earlier one
-            (output / "metrics.jsonl").unlink(missing_ok=True)
     clip = float(config["train_cfg"]["clip_grad_l2norm"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     # the published configs ask for 4 loader workers; more than the machine has only slows it down
@@ -221,15 +223,39 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, d
         if d.main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
                      "history": history, "config": config, "ema": ema.module.state_dict() if ema is not None else None}
-            save_checkpoint(ckpt_path, state)
-            with open(output / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            commit_epoch(output, state)
             if on_epoch is not None:
                 on_epoch(record)
     bar.close()
     if d.world > 1:
         dist.barrier()
     return {"steps": step, "epochs": epochs, "seconds": time.time() - started, "history": history}
+
+
+RUN_FILES = (CHECKPOINT, "metrics.jsonl", "config.yaml")
+
+
+def _run_state(output: Path, resume: bool, overwrite: bool, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint to continue from (resume), None for a fresh run; refuses to mix two runs."""
+    if output.exists() and not output.is_dir():
+        raise InputError(output, "-", "output", "a file is there, not a run folder")
+    recover_outputs(output, "epoch")  # an epoch's commit cut short by a kill is finished first
+    if resume and (output / CHECKPOINT).exists():
+        return read_checkpoint(output / CHECKPOINT, device)
+    if not resume and not overwrite and output.is_dir() and any(output.iterdir()):
+        held = ", ".join(sorted(p.name for p in output.iterdir())[:4])
+        raise InputError(output, "-", "output", f"the folder is not empty ({held}): --resume continues the run in it, --overwrite starts over")
+    return None
+
+
+def commit_epoch(output: Path, state: dict[str, Any]) -> None:
+    """Checkpoint, curve and config of one epoch, replaced together (a kill leaves the previous epoch's)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # to memory first: torch's own file writer hides a full disk behind a RuntimeError
+    with staged_outputs(output, "epoch") as tmp:
+        (tmp / CHECKPOINT).write_bytes(buffer.getbuffer())
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["history"]), encoding="utf-8")
+        (tmp / "config.yaml").write_text(dump_config(state["config"]), encoding="utf-8")
 
 
 class _progress:
@@ -256,9 +282,61 @@ class _progress:
             self.bar.close()
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "history", "config", "ema")
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A talbench checkpoint, loaded without running code (weights_only); anything else is one InputError line."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "-", "checkpoint", "a folder, not a checkpoint file")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, "-", "checkpoint", "checkpoint not found") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = "it holds objects other than tensors and plain values, which could run code" if "weights_only" in str(exc).lower() else first
+        raise InputError(path, "-", "checkpoint", f"refusing to load: {why}") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, "-", "checkpoint", f"not a readable checkpoint (truncated or another format: {first})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(path, "-", "checkpoint", f"not a talbench checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def _restore(path: Path, state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> None:
+    """Load a checkpoint's weights into this run; a checkpoint of another model or recipe is one line."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state["ema"] is not None:
+            ema.module.load_state_dict(state["ema"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise InputError(path, "-", "model", f"the checkpoint does not fit this config ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else type(exc).__name__)
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", prefer_ema: bool = True) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(config, weights, which): the EMA weights when the run kept them (and prefer_ema), else the raw weights."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_checkpoint(path, device)
     if prefer_ema and state.get("ema") is not None:
         return state["config"], state["ema"], "ema"
     return state["config"], state["model"], "model"
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: str | Path) -> None:
+    """Weights into a model built from the config; a checkpoint of another architecture is one line."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError) as exc:
+        raise InputError(path, "-", "model", f"the checkpoint does not fit this config ({_first_line(exc)})") from None

@@ -6,7 +6,6 @@ resumed run sees exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talbench.data.formats import load_features
+from talbench.data.formats import load_annotations, load_features
 from talbench.data.registry import FeatureSpec
 from talbench.errors import InputError
 
@@ -66,35 +65,28 @@ class VideoDataset(torch.utils.data.Dataset):
             raise InputError(dataset_cfg["json_file"], ",".join(splits), "subset", "no video of this split has both annotations and features")
 
     def _load(self, json_file: Path, splits: set[str]) -> tuple[list[VideoRecord], dict[int, str], list[str]]:
-        try:
-            database = json.loads(json_file.read_text(encoding="utf-8"))["database"]
-        except FileNotFoundError:
-            raise InputError(json_file, "-", "-", "annotation file not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(json_file, "-", "database", f"not an annotation file ({exc})") from None
-        label_names: dict[int, str] = {}
+        annotations = load_annotations(json_file)
         records, missing = [], []
-        default_fps = self.cfg["default_fps"]
-        for vid, video in database.items():
-            for a in video.get("annotations", []):
-                label_names[int(a["label_id"])] = a["label"]
-            if str(video.get("subset", "")).lower() not in splits:
+        default_fps, num_classes = self.cfg["default_fps"], self.cfg["num_classes"]
+        for vid, video in annotations.videos.items():
+            if video.subset.lower() not in splits:
                 continue
             if not all(self._path(spec, vid).exists() for spec in self.features):
                 missing.append(vid)
                 continue
-            fps = default_fps if default_fps is not None else video.get("fps")
+            fps = default_fps if default_fps is not None else video.fps
             if fps is None:
                 raise InputError(json_file, vid, "fps", "no fps in the annotation and no dataset.default_fps")
-            anns = video.get("annotations", [])
-            segments = np.array([a["segment"] for a in anns], dtype=np.float32).reshape(-1, 2)
-            labels = np.array([a["label_id"] for a in anns], dtype=np.int64)
-            if self.cfg["num_classes"] == 1:
+            segments = np.array([(a.start, a.end) for a in video.instances], dtype=np.float32).reshape(-1, 2)
+            labels = np.array([a.label_id for a in video.instances], dtype=np.int64)
+            if num_classes == 1:
                 labels[:] = 0  # ActivityNet protocol: class-agnostic localisation, classes fused at test time
-            elif len(labels) and labels.max() >= self.cfg["num_classes"]:
-                raise InputError(json_file, vid, "label_id", f"label id {labels.max()} >= dataset.num_classes {self.cfg['num_classes']}")
-            records.append(VideoRecord(vid, float(fps), float(video.get("duration", 1e8)), segments, labels))
-        return records, label_names, missing
+            elif len(labels) and labels.max() >= num_classes:
+                i = int(np.argmax(labels >= num_classes))
+                raise InputError(json_file, f"{vid}.annotations[{i}]", "label_id", f"label id {labels[i]} >= dataset.num_classes {num_classes}")
+            duration = video.duration if video.duration is not None else 1e8  # unknown: predictions are not clipped
+            records.append(VideoRecord(vid, float(fps), duration, segments, labels))
+        return records, annotations.label_names, missing
 
     def _path(self, spec: FeatureSpec, vid: str) -> Path:
         return Path(spec.folder) / f"{spec.prefix}{vid}{spec.ext}"

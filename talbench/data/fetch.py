@@ -21,8 +21,8 @@ from urllib.request import url2pathname
 import requests
 from tqdm import tqdm
 
-from talbench.data.archive import safe_extract
-from talbench.data.registry import ArchiveSpec, Registry
+from talbench.data.archive import MAX_UNPACK_RATIO, safe_extract
+from talbench.data.registry import ArchiveSpec, DatasetSpec, Registry
 from talbench.errors import InputError
 from talbench.io import file_md5
 
@@ -172,6 +172,7 @@ def _download_file(url: str, part: Path) -> None:
     try:
         shutil.copyfile(source, part)
     except OSError as exc:
+        part.unlink(missing_ok=True)  # a local copy is not resumed: a partial one is only clutter
         raise DownloadError(_one_line(exc)) from None
 
 
@@ -242,13 +243,18 @@ def prepare_dataset(
 
     synthetic: build the twin archive (params `synthetic`: seed, scale) and check it against the
     md5 recorded for seed 0; real: fetch the registry's archive from its mirrors. Either way the
-    archive is unpacked with `safe_extract`, so a bad archive leaves earlier data as it was.
+    archive is unpacked with `safe_extract`, so a bad archive leaves earlier data as it was: it
+    must hold the registry's root folder and annotation files, and expand to no more than
+    `data.max_unpack_ratio` times its size.
     """
     spec = registry.dataset(name)
     data = params.get("data") or {}
     source = data.get("source", "synthetic")
     if source not in SOURCES:
         raise InputError(registry.path, "data", "source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
+    # load_params has checked it: a number > 0, or null for the default
+    max_ratio = data.get("max_unpack_ratio")
+    max_ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
     # One folder per dataset: registry entries may share an archive root (anet_1.3 for TSP and I3D).
     source_dir = Path(data_root if data_root is not None else data.get("root", "data")) / source
     archives, out_dir = source_dir / "archives", source_dir / name
@@ -256,13 +262,19 @@ def prepare_dataset(
         archive, md5, verified = _build_twin(name, registry, params, archives)
     else:
         archive, md5, verified = _fetch_real(name, registry, archives, progress)
-    safe_extract(archive, out_dir)
+    safe_extract(archive, out_dir, required=required_paths(spec), item=name, max_ratio=max_ratio)
     root = out_dir / spec.root
-    if not root.is_dir():
-        raise InputError(archive, name, "root", f"the archive has no '{spec.root}/' folder")
     check = "verified" if verified else "not recorded in params.yaml"
     print(f"{name}: {source} archive {archive.name} (md5 {md5}, {check}) unpacked to {root}")
     return root
+
+
+def required_paths(spec: DatasetSpec) -> dict[str, str]:
+    """What a dataset's archive must hold, each with the registry field that names it."""
+    required = {f"{spec.root.rstrip('/')}/": "root"}
+    for task, t in spec.tasks.items():
+        required[t.annotations] = f"tasks.{task}.annotations"
+    return required
 
 
 def _build_twin(name: str, registry: Registry, params: Mapping[str, Any], out_dir: Path) -> tuple[Path, str, bool]:

@@ -6,15 +6,17 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
+
 from talbench.errors import InputError
 from talbench.io import read_yaml_mapping
+from talbench.schema import Natural, Positive, Problem, Strict, Text, check, unknown
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,6 @@ class Registry:
         return Experiment(spec, task, tuple(features))
 
 
-def unknown(name: str, valid: Any) -> str:
-    """'unknown X (did you mean Y?)' with the valid choices."""
-    choices = sorted(str(v) for v in valid)
-    close = difflib.get_close_matches(str(name), choices, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown '{name}'{hint}; valid: {', '.join(choices)}"
-
-
 def default_params_path() -> Path:
     """TALBENCH_PARAMS, else ./params.yaml, else the project's params.yaml beside the package."""
     if env := os.environ.get("TALBENCH_PARAMS"):
@@ -131,9 +125,95 @@ def default_params_path() -> Path:
     return Path(__file__).resolve().parents[2] / "params.yaml"
 
 
+# ---------------------------------------------------------------- params.yaml, section by section
+# The one place that declares params.yaml's keys: add a key here and every stage accepts it.
+# `datasets:` entries are typed below (DatasetSpec); experiments' `overrides` are config keys,
+# checked against the config's sections when an experiment is resolved (talbench/pipeline.py).
+
+
+class DataParams(Strict):
+    source: Text = "synthetic"
+    root: Text = "data"
+    max_unpack_ratio: Annotated[Positive | None, Field(description="a number > 0, or null (the default limit)")] = None
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from talbench.data.fetch import SOURCES  # fetch imports this module
+
+        if value not in SOURCES:
+            raise ValueError(unknown(value, SOURCES))
+        return value
+
+
+Md5 = Annotated[str, Field(pattern="^[0-9a-f]{32}$", description="an md5 (32 hex digits)")]
+
+
+class SyntheticParams(Strict):
+    seed: Natural = 0
+    scale: Text = "ci"
+    md5: Annotated[dict[str, dict[str, Md5]], Field(description="per dataset, per scale, an md5")] = {}
+
+    @field_validator("scale")
+    @classmethod
+    def _known_scale(cls, value: str) -> str:
+        from talbench.data.synthetic import SCALES  # synthetic imports this module
+
+        if value not in SCALES:
+            raise ValueError(unknown(value, SCALES))
+        return value
+
+
+class PipelineParams(Strict):
+    datasets: Annotated[list[str], Field(description="a list of registry dataset names")] = []
+
+
+class ExperimentParams(Strict):
+    dataset: Text
+    task: Annotated[str | None, Field(description="a task of the dataset, or null (its first)")] = None
+    features: Annotated[list[str], Field(min_length=1, description="a list of one or more feature types of the dataset")]
+    config: Annotated[str, Field(description="the path of an ActionFormer YAML config")]
+    overrides: Annotated[dict[str, dict[str, Any]], Field(description="config sections of config keys, e.g. {opt: {epochs: 5}}")] = {}
+
+
+class Params(Strict):
+    data: DataParams | None = None
+    synthetic: SyntheticParams | None = None
+    datasets: Annotated[dict[str, Any] | None, Field(description="a mapping of dataset entries")] = None
+    pipeline: PipelineParams | None = None
+    experiments: Annotated[dict[str, ExperimentParams] | None, Field(description="a mapping of experiment entries")] = None
+    published: Annotated[dict[str, dict[str, float]] | None, Field(description="per experiment, mAP per tIoU")] = None
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Params:
+        datasets = self.datasets or {}
+        for name in self.pipeline.datasets if self.pipeline else []:
+            if name not in datasets:
+                raise Problem("pipeline.datasets", unknown(name, datasets))
+        for name, entry in (self.experiments or {}).items():
+            _check_names(f"experiments.{name}", entry, datasets)
+        return self
+
+
+def _check_names(item: str, entry: ExperimentParams, datasets: dict[str, Any]) -> None:
+    """The experiment's dataset, task and features exist (malformed entries are load_registry's to report)."""
+    if entry.dataset not in datasets:
+        raise Problem(f"{item}.dataset", unknown(entry.dataset, datasets))
+    spec = datasets[entry.dataset]
+    tasks, features = (spec.get(key) if isinstance(spec, dict) else None for key in ("tasks", "features"))
+    if entry.task is not None and isinstance(tasks, dict) and entry.task not in tasks:
+        raise Problem(f"{item}.task", unknown(entry.task, tasks))
+    for feat in entry.features:
+        if isinstance(features, dict) and feat not in features:
+            raise Problem(f"{item}.features", unknown(feat, features))
+
+
 def load_params(path: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """params.yaml as read (a plain dict), after checking every key against `Params`."""
     path = Path(path) if path is not None else default_params_path()
-    return path, read_yaml_mapping(path)
+    params = read_yaml_mapping(path)
+    check(Params, params, path)
+    return path, params
 
 
 def load_registry(path: str | Path | None = None) -> Registry:

@@ -1,7 +1,8 @@
 """Load and validate detection ground truth and predictions (ActivityNet JSON formats).
 
 Every problem is raised as one `InputError` line naming the file, the video id (with the
-entry's index, e.g. "video_test_0000004[3]") and the field.
+entry's index, e.g. "video_test_0000004[3]") and the field. The annotation file is read by the one
+typed reader in `talbench.data.formats`.
 
 Ground truth: {"database": {video_id: {"subset": str, "duration": float, "fps": float,
     "annotations": [{"label": str, "label_id": int, "segment": [start_s, end_s]}]}}}
@@ -12,158 +13,32 @@ Predictions: {"results": {video_id: [{"label": name or label_id, "score": float,
 from __future__ import annotations
 
 import difflib
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from talbench.data.formats import (
+    Annotations,
+    Instance,
+    check_video_id,
+    is_number,
+    load_annotations,
+    parse_annotations,
+    parse_segment,
+    read_json,
+    require,
+    show,
+    top_level,
+)
 from talbench.errors import InputError
 from talbench.eval.detection import GroundTruth, Predictions, remove_duplicate_annotations
 
+# The annotation format's reader lives in talbench.data.formats; re-exported for the evaluator's callers.
+__all__ = ["Annotations", "ground_truth", "load_annotations", "load_predictions", "parse_annotations", "parse_predictions"]
+
 _LISTED_VIDEOS = 5  # unknown video ids quoted in a warning
-
-
-@dataclass(frozen=True)
-class Instance:
-    label: str
-    label_id: int
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class Video:
-    subset: str
-    duration: float | None
-    fps: float | None
-    instances: tuple[Instance, ...]
-
-
-@dataclass(frozen=True)
-class Annotations:
-    """A whole annotation file: every subset, as written (no duplicate removal yet)."""
-
-    path: str
-    videos: dict[str, Video]
-    label_names: dict[int, str]  # one name per label id, consistent across all subsets
-
-    def subset_sizes(self) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for video in self.videos.values():
-            sizes[video.subset] = sizes.get(video.subset, 0) + 1
-        return sizes
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but `true` is not a time or a score
-    return type(value) is float or type(value) is int
-
-
-def _read_json(path: str | Path) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "file", "path", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, "file", "path", f"cannot read: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            path, f"line {exc.lineno}, column {exc.colno}", "json", f"not valid JSON: {exc.msg}"
-        ) from None
-
-
-def _top_level(obj: Any, path: str, key: str) -> dict:
-    if not isinstance(obj, dict):
-        got = type(obj).__name__
-        raise InputError(path, "top level", key, f"expected an object with key '{key}', got {got}")
-    if key not in obj:
-        raise InputError(path, "top level", key, f"missing (keys present: {sorted(obj)[:10]})")
-    value = obj[key]
-    if not isinstance(value, dict):
-        got = type(value).__name__
-        raise InputError(path, "top level", key, f"expected an object keyed by video id, got {got}")
-    return value
-
-
-def _segment(value: Any, path: str, item: str) -> tuple[float, float]:
-    if type(value) is not list or len(value) != 2 or not all(_is_number(v) for v in value):
-        raise InputError(path, item, "segment", f"expected [start, end] of two numbers, got {value!r}")
-    start, end = float(value[0]), float(value[1])
-    if not (math.isfinite(start) and math.isfinite(end)):
-        raise InputError(path, item, "segment", f"bounds must be finite, got {value!r}")
-    if end < start:
-        raise InputError(path, item, "segment", f"end {end} < start {start}")
-    return start, end
-
-
-def _optional_number(entry: dict, key: str, path: str, item: str) -> float | None:
-    if key not in entry:
-        return None
-    value = entry[key]
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise InputError(path, item, key, f"expected a non-negative number, got {value!r}")
-    return float(value)
-
-
-def _require(entry: Any, keys: tuple[str, ...], path: str, item: str) -> None:
-    if not isinstance(entry, dict):
-        raise InputError(path, item, keys[0], f"expected an object, got {type(entry).__name__}")
-    for key in keys:
-        if key not in entry:
-            raise InputError(path, item, key, "missing")
-
-
-def parse_annotations(obj: Any, path: str | Path) -> Annotations:
-    """Validate an already parsed ground-truth object; `path` is only used in messages."""
-    path = str(path)
-    database = _top_level(obj, path, "database")
-    videos: dict[str, Video] = {}
-    names: dict[int, tuple[str, str]] = {}  # label_id -> (name, where first seen)
-    ids: dict[str, tuple[int, str]] = {}  # name -> (label_id, where first seen)
-    for video_id, entry in database.items():
-        _require(entry, ("subset", "annotations"), path, video_id)
-        subset, annotations = entry["subset"], entry["annotations"]
-        if type(subset) is not str:
-            raise InputError(path, video_id, "subset", f"expected a string, got {subset!r}")
-        if type(annotations) is not list:
-            got = type(annotations).__name__
-            raise InputError(path, video_id, "annotations", f"expected a list, got {got}")
-        instances = []
-        for i, ann in enumerate(annotations):
-            item = f"{video_id}.annotations[{i}]"
-            _require(ann, ("segment", "label", "label_id"), path, item)
-            label, label_id = ann["label"], ann["label_id"]
-            if type(label) is not str:
-                raise InputError(path, item, "label", f"expected a string, got {label!r}")
-            if type(label_id) is not int:
-                raise InputError(path, item, "label_id", f"expected an integer, got {label_id!r}")
-            known_name, where = names.setdefault(label_id, (label, item))
-            if known_name != label:
-                problem = f"label_id {label_id} is '{label}' here but '{known_name}' at {where}"
-                raise InputError(path, item, "label", problem)
-            known_id, where = ids.setdefault(label, (label_id, item))
-            if known_id != label_id:
-                problem = f"label '{label}' has id {label_id} here but {known_id} at {where}"
-                raise InputError(path, item, "label_id", problem)
-            start, end = _segment(ann["segment"], path, item)
-            instances.append(Instance(label, label_id, start, end))
-        videos[video_id] = Video(
-            subset=subset,
-            duration=_optional_number(entry, "duration", path, video_id),
-            fps=_optional_number(entry, "fps", path, video_id),
-            instances=tuple(instances),
-        )
-    label_names = {label_id: name for label_id, (name, _) in sorted(names.items())}
-    return Annotations(path=path, videos=videos, label_names=label_names)
-
-
-def load_annotations(path: str | Path) -> Annotations:
-    return parse_annotations(_read_json(path), path)
 
 
 def ground_truth(annotations: Annotations, subset: str) -> GroundTruth:
@@ -199,8 +74,8 @@ def ground_truth(annotations: Annotations, subset: str) -> GroundTruth:
 def _label_error(label: Any, annotations: Annotations, path: str, item: str, num_classes: int | None) -> InputError:
     if type(label) is str:
         close = difflib.get_close_matches(label, list(annotations.label_names.values()), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        problem = f"unknown label name '{label}' (not in {annotations.path}){hint}"
+        hint = f"; did you mean {show(close[0])}?" if close else ""
+        problem = f"unknown label name {show(label)} (not in {annotations.path}){hint}"
         return InputError(path, item, "label", problem)
     if type(label) is int:
         known = sorted(annotations.label_names)
@@ -209,7 +84,7 @@ def _label_error(label: Any, annotations: Annotations, path: str, item: str, num
         if num_classes is not None:
             problem = f"label_id {label} outside the {num_classes} classes of the dataset (0..{num_classes - 1})"
         return InputError(path, item, "label", problem)
-    return InputError(path, item, "label", f"expected a label name or integer label_id, got {label!r}")
+    return InputError(path, item, "label", f"expected a label name or integer label_id, got {show(label)}")
 
 
 def parse_predictions(
@@ -224,7 +99,7 @@ def parse_predictions(
     protocol: reported as a warning line, or an InputError when `strict`.
     """
     path = str(path)
-    results = _top_level(obj, path, "results")
+    results = top_level(obj, path, "results")
     label_ids = {name: label_id for label_id, name in annotations.label_names.items()}
     video_ids: list[str] = []
     starts: list[float] = []
@@ -233,6 +108,7 @@ def parse_predictions(
     scores: list[float] = []
     unknown_videos: dict[str, int] = {}
     for video_id, detections in results.items():
+        check_video_id(path, video_id)
         if type(detections) is not list:
             got = type(detections).__name__
             raise InputError(path, video_id, "results", f"expected a list of detections, got {got}")
@@ -242,17 +118,19 @@ def parse_predictions(
             unknown_videos[video_id] = len(detections)
         for i, det in enumerate(detections):
             if type(det) is not dict or "segment" not in det or "score" not in det or "label" not in det:
-                _require(det, ("segment", "score", "label"), path, f"{video_id}[{i}]")
+                require(det, ("segment", "score", "label"), path, f"{video_id}[{i}]")
             label = det["label"]
             label_id = label_ids.get(label) if type(label) is str else label
             in_space = num_classes is not None and type(label_id) is int and 0 <= label_id < num_classes
             if type(label_id) is not int or not (label_id in annotations.label_names or in_space):
                 raise _label_error(label, annotations, path, f"{video_id}[{i}]", num_classes)
             score = det["score"]
-            if not _is_number(score) or not math.isfinite(score):
-                problem = f"expected a finite number, got {score!r}"
+            if not is_number(score) or not math.isfinite(score):
+                problem = f"expected a finite number, got {show(score)}"
                 raise InputError(path, f"{video_id}[{i}]", "score", problem)
-            start, end = _segment(det["segment"], path, f"{video_id}[{i}]")
+            start, end = parse_segment(det["segment"], path, f"{video_id}[{i}]")
+            if end < start:
+                raise InputError(path, f"{video_id}[{i}]", "segment", f"end {end} < start {start}")
             starts.append(start)
             ends.append(end)
             labels.append(label_id)
@@ -279,4 +157,4 @@ def parse_predictions(
 def load_predictions(
     path: str | Path, annotations: Annotations, *, strict: bool = False, num_classes: int | None = None
 ) -> tuple[Predictions, list[str]]:
-    return parse_predictions(_read_json(path), annotations, path, strict=strict, num_classes=num_classes)
+    return parse_predictions(read_json(path), annotations, path, strict=strict, num_classes=num_classes)

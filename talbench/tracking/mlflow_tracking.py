@@ -76,6 +76,7 @@ def check_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
     Without this, MLflow's client retries with back-off for minutes before failing.
     """
     uri = uri or tracking_uri()
+    _check_uri_form(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -90,6 +91,26 @@ def check_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
             f"the tracking server cannot be reached ({reason}); start it, or unset MLFLOW_TRACKING_URI "
             f"to track into the local store {DEFAULT_DIR}/mlflow.db",
         ) from None
+
+
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def _check_uri_form(uri: str) -> None:
+    """A tracking URI MLflow can use, checked before any work (MLflow itself fails late, in a traceback)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2://...
+    if scheme not in STORE_SCHEMES:
+        raise InputError("MLFLOW_TRACKING_URI", uri, "tracking", f"not a tracking URI MLflow can use: expected one of "
+                         f"{', '.join(s + '://' for s in STORE_SCHEMES)} (e.g. http://127.0.0.1:5000 or sqlite:///mlruns/mlflow.db)")
+    if scheme in ("http", "https") and not parsed.hostname:
+        raise InputError("MLFLOW_TRACKING_URI", uri, "tracking", "no host in the server address (e.g. http://127.0.0.1:5000)")
+    if scheme == "sqlite":
+        db = Path(uri.split(":///", 1)[1]) if ":///" in uri else None
+        if db is None or not db.parent.is_dir():
+            raise InputError("MLFLOW_TRACKING_URI", uri, "tracking", "the SQLite store's folder does not exist (sqlite:///FOLDER/mlflow.db)")
 
 
 def _client() -> MlflowClient:

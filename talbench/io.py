@@ -192,10 +192,11 @@ def staged_outputs(folder: str | Path, stage: str) -> Iterator[Path]:
 def _finish(folder: Path, staging: Path) -> None:
     """Move every staged entry into `folder` (idempotent: a rerun continues where a kill stopped)."""
     new, old = staging / "new", staging / "old"
-    old.mkdir(exist_ok=True)
     try:
-        for name in sorted(os.listdir(new)):
+        old.mkdir(exist_ok=True)
+        for name in sorted(os.listdir(new)) if new.is_dir() else []:
             _replace(new / name, folder / name, old / name, exchange=False)
+        (staging / COMMIT_MARK).unlink()  # first: a kill while cleaning up leaves unmarked leftovers only
     except OSError as exc:
         raise OutputError(folder, exc) from None
     shutil.rmtree(staging, ignore_errors=True)

@@ -121,6 +121,22 @@ def _check_logged(logged: dict[str, Any]) -> None:
     assert str(client.get_model_version_by_alias("talbench-exp_a", "challenger").version) == "1"
     assert client.get_model_version("talbench-exp_b", "1").run_id == run_b.info.run_id
     _same_output(logged["model"], load_model("models:/talbench-exp_a@challenger"))
+    _pyfunc_without_pickles(logged["a"].model_uri, logged["model"])
+
+
+def _pyfunc_without_pickles(model_uri: str, model: torch.nn.Module) -> None:
+    """The logged model is code + a state dict + a config: no pickle in it, and it loads as a pyfunc."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in os.environ
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    assert not list(folder.rglob("*.pkl")) and (folder / "artifacts" / "weights.pt").is_file()
+    feats, masks = pad_batch([torch.randn(8, 200, generator=torch.Generator().manual_seed(2))], model.max_div_factor)
+    got = mlflow.pyfunc.load_model(model_uri).predict({"feats": feats.numpy(), "masks": masks.numpy()})
+    with torch.no_grad():
+        expected = model(feats, masks)
+    assert got[0]["scores"] == expected[0]["scores"].tolist() and len(got[0]["scores"]) > 0
 
 
 def test_local_store_one_parent_per_group_and_everything_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,6 @@ mlflow is imported inside the functions: importing it costs seconds, and only tr
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import re
@@ -465,20 +464,22 @@ def log_experiment_run(
 
 
 def _log_model(model: torch.nn.Module, config: Mapping[str, Any], registered_name: str | None) -> Any:
-    """Log the whole ActionFormer, pickled, with talbench's code alongside so it loads without talbench.
+    """Log the model as a pyfunc from code (pyfunc_model.py) with its weights and config as artifacts.
 
-    Why not MLflow 3's default pt2 (torch.export): ActionFormer's output (candidates after a score
-    threshold) has data-dependent sizes and the export specialises on the example's batch size and
-    length (a model exported at T=384 refuses any other T), and it takes ~15 s. No input example
-    either: MLflow cannot store the (feats, masks) tuple as one, so the signature documents it.
-    MLflow warns on every pickled save; here that is the deliberate choice, see load_model.
+    Nothing is pickled, so loading it never runs code from the store (see load_model). Why not
+    MLflow 3's pt2 (torch.export): ActionFormer's output (candidates after a score threshold) has
+    data-dependent sizes and the export specialises on the example's batch size and length, and
+    it takes ~15 s. No input example: the signature documents the (feats, masks) input.
     """
-    import mlflow.pytorch
+    import tempfile
+
+    import mlflow.pyfunc
     import numpy as np
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    from talbench.config import dump_config
     from talbench.models.backbone import embedding_widths
 
     model_cfg = config["model"]
@@ -487,41 +488,48 @@ def _log_model(model: torch.nn.Module, config: Mapping[str, Any], registered_nam
         TensorSpec(np.dtype(np.float32), (-1, channels, -1), "feats"),  # [B, C, T], T a multiple of max_div_factor
         TensorSpec(np.dtype(np.bool_), (-1, 1, -1), "masks"),  # [B, 1, T], True = real step
     ]))
-    cpu_model = copy.deepcopy(model).to("cpu").eval()  # loadable without a GPU; the caller's model is untouched
-    return mlflow.pytorch.log_model(
-        cpu_model,
-        name="model",
-        serialization_format="pickle",
-        code_paths=[str(Path(__file__).resolve().parents[1])],  # the talbench package
-        # explicit: inferring them loads the model in a subprocess (~13 s); local version tags
-        # (+cpu, +cu128) are not on PyPI
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-        signature=signature,
-        registered_model_name=registered_name,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, config_file = Path(tmp) / WEIGHTS_FILE, Path(tmp) / CONFIG_FILE
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+        config_file.write_text(dump_config(dict(config)), encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"weights": str(weights), "config": str(config_file)},
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the talbench package
+            # explicit: inferring them loads the model in a subprocess (~13 s); local version tags
+            # (+cpu, +cu128) are not on PyPI
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pyyaml"],
+            signature=signature,
+            registered_model_name=registered_name,
+        )
 
 
-@contextlib.contextmanager
-def _allow_pickle() -> Iterator[None]:
-    key = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-    before = os.environ.get(key)
-    os.environ[key] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def model_from_files(weights: str | Path, config_file: str | Path) -> torch.nn.Module:
+    """The model a config and a state dict describe, in eval mode; the weights are read without running code."""
+    import torch
+
+    from talbench.config import finalize
+    from talbench.models import build_model
+
+    config = finalize(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")))
+    model = build_model(config["model"])
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def load_model(model_uri: str) -> torch.nn.Module:
     """A model logged by log_experiment_run, e.g. models:/talbench-thumos_i3d@champion, in eval mode.
 
-    MLflow 3 refuses pickled models unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set: unpickling
-    runs code from the artifact. This opts in for this one load; use it only on your own store.
+    Built by the installed talbench from the model's config and weights artifacts: no code and
+    no pickle from the store runs, whoever logged the model.
     """
-    import mlflow.pytorch
+    import mlflow.artifacts
 
-    with _fluent_uri(), _allow_pickle():  # models:/ URIs resolve against the global registry URI
-        return mlflow.pytorch.load_model(model_uri).eval()
+    with _fluent_uri():  # models:/ URIs resolve against the global registry URI
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    return model_from_files(folder / "artifacts" / WEIGHTS_FILE, folder / "artifacts" / CONFIG_FILE)

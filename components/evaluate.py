@@ -103,7 +103,7 @@ def _track(exp, params: Path | None, config: dict, weights: dict, scores: dict, 
     logged = log_experiment_run(
         parent, exp.name, config=config, history=history, metrics=scores,
         dataset=exp.experiment.dataset.name, task=exp.experiment.task, features=exp.experiment.features,
-        data_hash=data_hash(exp.experiment.dataset.name), plots=plots, files=[folder / "scores.json"], model=model,
+        data_hash=data_hash(exp.experiment.dataset.name, exp.data_dir), plots=plots, files=[folder / "scores.json"], model=model,
     )
     from mlflow.tracking import MlflowClient
 

@@ -6,7 +6,6 @@ into overlapping windows whose candidates are shifted back and merged before NMS
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
     """
     from talbench.eval.nms import postprocess_video
     from talbench.models import build_model
+    from talbench.progress import Progress
     from talbench.training import load_weights
 
     model = build_model(config["model"])
@@ -70,12 +70,8 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
     test_cfg = config["test_cfg"]
     ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
     results: dict[str, list[dict[str, Any]]] = {}
-    indices = range(len(dataset))
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="inference", unit="video", mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    for i in indices:
+    bar = Progress("inference", len(dataset), unit="video", enabled=progress)  # plain lines in logs, tqdm on a terminal
+    for i in range(len(dataset)):
         item = dataset[i]
         segments, scores, labels = video_candidates(model, item, device, test_cfg)
         out = postprocess_video(segments, scores, labels, fps=item.fps, feat_stride=item.feat_stride,
@@ -87,6 +83,8 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
             {"label": int(out["labels"][j]), "score": float(out["scores"][j]), "segment": [float(x) for x in out["segments"][j]]}
             for j in order.tolist()
         ]
+        bar.update()
+    bar.close()
     return {"version": "talbench", "results": results, "external_data": {"used": ext_scores is not None}}
 
 

@@ -7,6 +7,7 @@ unpacked the dataset into, so one config serves every feature combination and bo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,116 @@ def tracked_run(name: str, params_path: str | Path | None = None) -> tuple[str, 
     return parent, experiment_run(parent, name)
 
 
-def data_hash(dataset: str, lock: str | Path = "dvc.lock") -> str:
-    """The DVC hash of the fetched dataset (from dvc.lock), or 'unknown' outside DVC."""
-    import yaml
+def data_hash(dataset: str, data_dir: str | Path) -> str:
+    """The version of the fetched dataset in `data_dir` (its archive's md5, from the MANIFEST.json the
+    fetch stage writes there), or 'unknown' where there is none or it is unreadable or not this dataset's.
+
+    The manifest is part of the fetch stage's output, so it travels with the data (DVC, Airflow alike).
+    """
+    import json
+
+    from talbench.data.fetch import MANIFEST
 
     try:
-        stages = yaml.safe_load(Path(lock).read_text())["stages"]
-        return str(stages[f"fetch@{dataset}"]["outs"][0]["md5"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
-        return "unknown"
+        manifest = json.loads((Path(data_dir) / MANIFEST).read_text(encoding="utf-8"))
+        if manifest["dataset"] == dataset and isinstance(manifest["content_hash"], str) and manifest["content_hash"]:
+            return manifest["content_hash"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        pass
+    return "unknown"
+
+
+# -- the stage graph: dvc.yaml, expanded as DVC expands it -------------------------------------
+
+_REF = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage run of the benchmark (DVC's `fetch@thumos14`): the command and the paths it reads and writes."""
+
+    name: str
+    cmd: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]  # outs, metrics and plots alike: DVC treats all three as outputs
+
+    @property
+    def stage(self) -> str:
+        return self.name.split("@", 1)[0]
+
+    @property
+    def item(self) -> str | None:
+        return self.name.split("@", 1)[1] if "@" in self.name else None
+
+
+def stage_graph(params: dict[str, Any], dvc_yaml: str | Path = "dvc.yaml") -> list[Stage]:
+    """Every stage of dvc.yaml with `foreach` and `${...}` resolved from `params`, in file order.
+
+    dvc.yaml is the one definition of the pipeline; Airflow builds its tasks from this, and a test
+    checks it against DVC's own expansion. Names follow DVC: `stage@key` for a mapping, `stage@item`
+    for a list of plain values, `stage@index` for a list of mappings or lists (no `${key}` then).
+    What DVC offers beyond that (`matrix`, `vars`, `wdir`) is refused rather than guessed at.
+    """
+    import yaml
+
+    document = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8"))
+    if "vars" in document:
+        raise ValueError(f"{dvc_yaml}: vars is not supported by stage_graph")
+    graph = []
+    for name, body in document["stages"].items():
+        keys = set(body) | set(body.get("do") or {})
+        if unsupported := sorted(keys & {"matrix", "vars", "wdir"}):
+            raise ValueError(f"{dvc_yaml}: stage {name}: {', '.join(unsupported)} is not supported by stage_graph")
+        if "foreach" not in body:
+            graph.append(_stage(name, body, params))
+            continue
+        items = body["foreach"]
+        if isinstance(items, str):
+            ref = _REF.fullmatch(items.strip())
+            if ref is None:
+                raise ValueError(f"{dvc_yaml}: stage {name}: foreach must be one ${{...}} reference, a list or a mapping")
+            items = _lookup(params, ref.group(1))
+        if isinstance(items, dict):
+            pairs = [(_text(key), {"key": key, "item": item}) for key, item in items.items()]
+        elif any(isinstance(item, (dict, list)) for item in items):
+            pairs = [(str(index), {"item": item}) for index, item in enumerate(items)]
+        else:
+            pairs = [(_text(item), {"item": item}) for item in items]
+        for key, names in pairs:
+            graph.append(_stage(f"{name}@{key}", body["do"], params | names))
+    return graph
+
+
+def upstream(graph: list[Stage], stage: Stage) -> list[Stage]:
+    """The stages whose outputs `stage` reads (a dep equal to, inside or above one of their outs)."""
+    def related(dep: str, out: str) -> bool:
+        return dep == out or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
+
+    return [other for other in graph if other is not stage and any(related(d, o) for d in stage.deps for o in other.outs)]
+
+
+def _stage(name: str, body: dict[str, Any], context: dict[str, Any]) -> Stage:
+    outs = [path for section in ("outs", "metrics", "plots") for path in _paths(body.get(section), context)]
+    return Stage(name, _interpolate(body["cmd"], context), tuple(_paths(body.get("deps"), context)), tuple(outs))
+
+
+def _paths(entries: list[Any] | None, context: dict[str, Any]) -> list[str]:
+    """DVC path lists: plain strings, or one-key mappings {path: options}."""
+    return [_interpolate(next(iter(e)) if isinstance(e, dict) else e, context) for e in entries or []]
+
+
+def _interpolate(text: str, context: dict[str, Any]) -> str:
+    return _REF.sub(lambda m: _text(_lookup(context, m.group(1))), text)
+
+
+def _text(value: Any) -> str:
+    """A value as DVC writes it into a string: booleans as true/false."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _lookup(context: dict[str, Any], dotted: str) -> Any:
+    """`a.b.c` or `a.b[0]` in `context`, as DVC selects it."""
+    value: Any = context
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+    return value

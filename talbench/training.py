@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,6 +216,7 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, o
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.update(epoch, step, {k: float(v.detach()) for k, v in losses.items()}, lr)
             if stop_after_steps is not None and step >= stop_after_steps:
+                bar.close()
                 return {"steps": step, "stopped_early": True}
         record = {"epoch": epoch, "step": step, "lr": lr, **{k: v / max(iters, 1) for k, v in sums.items()}}
         history.append(record)
@@ -259,27 +259,28 @@ def commit_epoch(output: Path, state: dict[str, Any]) -> None:
 
 
 class _progress:
-    """A tqdm bar over all iterations with epoch, loss, lr and ETA; silent on other ranks."""
+    """Training progress over all iterations with epoch, loss, lr and ETA (talbench.progress); silent on other ranks.
+
+    A tqdm bar on a terminal; in logs (DVC, Airflow) a plain line every few seconds and a summary at the end.
+    """
 
     def __init__(self, enabled: bool, epochs: int, iters: int, start_epoch: int) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
+        from talbench.progress import Progress
 
-            # in logs (DVC, Airflow) a line every 10 s, not a redraw per iteration
-            interval = 0.1 if sys.stderr.isatty() else 10.0
-            self.bar = tqdm(total=epochs * iters, initial=start_epoch * iters, unit="it", dynamic_ncols=True, mininterval=interval)
+        self.bar = Progress("train", epochs * iters, counter="step", initial=start_epoch * iters, enabled=enabled)
         self.epochs = epochs
+        self.epoch, self.sum, self.count = -1, 0.0, 0  # the running epoch's mean loss, for the summary
 
     def update(self, epoch: int, step: int, losses: dict[str, float], lr: float) -> None:
-        if self.bar is not None:
-            self.bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
-            self.bar.set_postfix(loss=f"{losses['final_loss']:.3f}", cls=f"{losses['cls_loss']:.3f}", reg=f"{losses['reg_loss']:.3f}", lr=f"{lr:.2e}")
-            self.bar.update(1)
+        if self.bar.enabled:
+            if epoch != self.epoch:
+                self.epoch, self.sum, self.count = epoch, 0.0, 0
+            self.sum, self.count = self.sum + losses["final_loss"], self.count + 1
+            detail = f"loss {losses['final_loss']:.3f} (cls {losses['cls_loss']:.3f}, reg {losses['reg_loss']:.3f}), lr {lr:.1e}"
+            self.bar.update(1, desc=f"epoch {epoch + 1}/{self.epochs}", detail=detail)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close(f"final loss {self.sum / self.count:.3f} (last epoch mean)" if self.count else None)
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "step", "history", "config", "ema")

@@ -127,7 +127,7 @@ def test_check_output_file_refuses_folders_and_special_files(tmp_path):
 
 def test_a_failed_write_is_an_output_error_naming_the_target(tmp_path):
     with pytest.raises(OutputError) as err:
-        with atomic_path(tmp_path / "out.json") as tmp:
-            raise OSError(28, "No space left on device")
+        with atomic_path(tmp_path / "out.json"):
+            raise OSError(28, "No space left on device")  # as a write into the temporary copy fails
     assert str(err.value).startswith(f"{tmp_path / 'out.json'}: -: field 'output': cannot write (No space left on device)")
     assert list(tmp_path.iterdir()) == []

@@ -107,8 +107,8 @@ def _check_logged(logged: dict[str, Any]) -> None:
     assert metrics["mAP_at_0.30"] == 0.5 and metrics["average_mAP"] == 0.375 and metrics["R_at_5x_at_0.70"] == 0.5
     tags = run_a.data.tags
     assert (tags["dataset"], tags["task"], tags["features"], tags["experiment"]) == ("thumos14", "action", "i3d", "exp_a")
-    assert tags["dvc_data_hash"] == "md5:abc" and len(tags["git_commit"]) == 40
-    assert run_b.data.tags["features"] == "slowfast,omnivore" and run_b.data.tags["dvc_data_hash"] == "unknown"
+    assert tags["data_hash"] == "md5:abc" and len(tags["git_commit"]) == 40
+    assert run_b.data.tags["features"] == "slowfast,omnivore" and run_b.data.tags["data_hash"] == "unknown"
     assert client.get_run(first).data.tags["pipeline"] == "dvc"
     # artifacts
     names = {a.path for a in client.list_artifacts(run_a.info.run_id)}

@@ -19,12 +19,12 @@ from urllib.parse import parse_qs, urlparse
 from urllib.request import url2pathname
 
 import requests
-from tqdm import tqdm
 
 from talbench.data.archive import MAX_UNPACK_RATIO, safe_extract
 from talbench.data.registry import ArchiveSpec, DatasetSpec, Registry
 from talbench.errors import InputError
 from talbench.io import file_md5
+from talbench.progress import Progress
 
 SOURCES = ("synthetic", "real")
 CHUNK_BYTES = 1 << 16  # small: a read cut short loses its whole chunk, the rest is resumed
@@ -107,8 +107,8 @@ def _http_attempt(url: str, part: Path, progress: bool) -> None:
                 have = 0  # the server ignored the Range request and sends the whole file
             length = response.headers.get("Content-Length")
             total = have + int(length) if length is not None else None
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc=part.stem, disable=not progress
+            with open(part, "ab" if have else "wb") as f, Progress(
+                f"download {part.stem}", total, initial=have, unit="B", enabled=progress
             ) as bar:
                 for chunk in response.iter_content(CHUNK_BYTES):
                     f.write(chunk)
@@ -161,7 +161,7 @@ def _download_s3(url: str, part: Path, progress: bool) -> None:
     s3 = boto3.client("s3")
     try:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        with tqdm(total=size, unit="B", unit_scale=True, desc=Path(key).name, disable=not progress) as bar:
+        with Progress(f"download {Path(key).name}", size, unit="B", enabled=progress) as bar:
             s3.download_file(bucket, key, str(part), Callback=bar.update)
     except (BotoCoreError, ClientError) as exc:
         raise DownloadError(_one_line(exc)) from None
@@ -231,6 +231,9 @@ def dataset_dir(name: str, params: Mapping[str, Any], data_root: str | Path | No
     return Path(data_root if data_root is not None else data.get("root", "data")) / data.get("source", "synthetic") / name
 
 
+MANIFEST = "MANIFEST.json"  # in a dataset's folder: which archive its data came from (lineage without dvc.lock)
+
+
 def prepare_dataset(
     name: str,
     registry: Registry,
@@ -245,7 +248,8 @@ def prepare_dataset(
     md5 recorded for seed 0; real: fetch the registry's archive from its mirrors. Either way the
     archive is unpacked with `safe_extract`, so a bad archive leaves earlier data as it was: it
     must hold the registry's root folder and annotation files, and expand to no more than
-    `data.max_unpack_ratio` times its size.
+    `data.max_unpack_ratio` times its size. `MANIFEST.json` beside the unpacked root records the
+    archive (name, md5) the data came from: its lineage, read by `talbench.pipeline.data_hash`.
     """
     spec = registry.dataset(name)
     data = params.get("data") or {}
@@ -262,7 +266,30 @@ def prepare_dataset(
         archive, md5, verified = _build_twin(name, registry, params, archives)
     else:
         archive, md5, verified = _fetch_real(name, registry, archives, progress)
-    safe_extract(archive, out_dir, required=required_paths(spec), item=name, max_ratio=max_ratio)
+    # MANIFEST.json names the data's version; it must never describe data it did not come with:
+    # removed before unpacking, written (atomically) only once unpacking has succeeded. A kill in
+    # between leaves none (lineage 'unknown', and DVC runs fetch again). A refused archive leaves
+    # the data as it was, so then the old manifest is put back and the folder is byte-identical.
+    from talbench.io import atomic_path, write_json
+
+    manifest = out_dir / MANIFEST
+
+    def entries() -> dict[str, int]:  # the top-level entries and their inodes: a replaced one changes
+        names = [p for p in out_dir.iterdir() if p.name != MANIFEST] if out_dir.is_dir() else []
+        return {p.name: p.lstat().st_ino for p in names if not p.name.startswith(".")}
+
+    before = entries()
+    previous = manifest.read_bytes() if manifest.is_file() else None
+    manifest.unlink(missing_ok=True)
+    try:
+        safe_extract(archive, out_dir, required=required_paths(spec), item=name, max_ratio=max_ratio)
+    except BaseException:
+        if previous is not None and entries() == before:
+            with atomic_path(manifest) as tmp:
+                tmp.write_bytes(previous)
+        raise
+    write_json(manifest, {"dataset": name, "source": source, "archive": archive.name, "archive_md5": md5.lower(),
+                          "md5_verified": verified, "content_hash": md5.lower()})
     root = out_dir / spec.root
     check = "verified" if verified else "not recorded in params.yaml"
     print(f"{name}: {source} archive {archive.name} (md5 {md5}, {check}) unpacked to {root}")

@@ -425,7 +425,7 @@ def log_experiment_run(
     all_tags = {
         EXPERIMENT_TAG: name, "dataset": dataset, "task": task,
         "features": features if isinstance(features, str) else ",".join(features),
-        "git_commit": commit, "mlflow.source.git.commit": commit, "dvc_data_hash": data_hash, **(tags or {}),
+        "git_commit": commit, "mlflow.source.git.commit": commit, "data_hash": data_hash, **(tags or {}),
     }
     client.log_batch(run_id, tags=_tags(all_tags))
     params = [Param(k, v) for k, v in flatten_config(config).items()]

@@ -1,0 +1,256 @@
+"""What the Airflow DAGs run, kept out of them: per-run workspaces and the stage runner.
+
+The stage graph is dvc.yaml, expanded by `talbench.pipeline.stage_graph`; nothing here lists
+stages or commands. A DAG run works in a workspace of its own,
+`<TALBENCH_WORKSPACES or <project>/workspaces>/<run id, sanitized>/`, that holds
+
+- `params.yaml`: the project's, narrowed to the chosen experiments and their datasets, with the
+  run's overrides (epochs, synthetic scale);
+- `dvc.snapshot.yaml`: a copy of the project's dvc.yaml, so the run's commands are fixed when it
+  starts (not named dvc.yaml: DVC in the project would take it for a second pipeline);
+- `components/` and `configs/`: links to the project's folders, so the stage commands run
+  unchanged with the workspace as their working directory;
+- what the stages make there: `data/`, `outputs/`, `reports/` and, unless MLFLOW_TRACKING_URI is
+  set, the MLflow store `mlruns/` (`mlruns/mlflow.db`).
+
+Light to import (yaml and the standard library; `talbench.pipeline` for the graph): the DAG file
+imports this module when Airflow parses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from talbench.pipeline import Stage, stage_graph, upstream
+
+PROJECT = Path(__file__).resolve().parents[1]
+SNAPSHOT = "dvc.snapshot.yaml"
+LINKED = ("components", "configs")  # what the stage commands name by relative path, shared by every workspace
+REFUSED = {2: "bad input", 3: "the system refused"}  # the components' one-line errors: retrying cannot help
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A stage command failed in a way a retry may fix (a crash, a kill, a bug): Airflow retries it."""
+
+
+def _fail_exception() -> type[Exception]:
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # outside Airflow: the runner stays usable and testable
+        class AirflowFailException(Exception):  # type: ignore[no-redef]
+            pass
+    return AirflowFailException
+
+
+# ---------------------------------------------------------------- params and the stage graph
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def experiment_names(params: Mapping[str, Any]) -> list[str]:
+    return list((params.get("experiments") or {}).keys())
+
+
+def narrow_params(params: Mapping[str, Any], experiments: Iterable[str], *, epochs: int | None = None,
+                  scale: str | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """params.yaml for a run of `experiments` only: their entries (in params.yaml's order), their
+    datasets as `pipeline.datasets`, `synthetic.scale` when `scale` is given. `overrides`
+    (`{section: {key: value}}`, e.g. `{"model": {"embd_dim": 64}}`) and then `epochs` (as
+    `opt.epochs`) are merged into each experiment's `overrides`, where the stages check them like
+    any override in params.yaml. Everything else is kept as it is."""
+    chosen = list(dict.fromkeys(experiments))
+    entries = params.get("experiments") or {}
+    if unknown := [name for name in chosen if name not in entries]:
+        raise ValueError(f"unknown experiment(s) {', '.join(unknown)}: params.yaml has {', '.join(entries)}")
+    if not chosen:
+        raise ValueError("no experiment chosen")
+    out = copy.deepcopy(dict(params))
+    out["experiments"] = {name: copy.deepcopy(entry) for name, entry in entries.items() if name in chosen}
+    extra = {section: dict(values) for section, values in (overrides or {}).items()}
+    if epochs is not None:
+        extra.setdefault("opt", {})["epochs"] = int(epochs)
+    for entry in out["experiments"].values():
+        for section, values in extra.items():
+            if not isinstance(values, Mapping):
+                raise ValueError(f"overrides.{section}: expected {{key: value}}, got {values!r}")
+            entry.setdefault("overrides", {}).setdefault(section, {}).update(copy.deepcopy(values))
+    out["pipeline"] = {**(out.get("pipeline") or {}),
+                       "datasets": list(dict.fromkeys(e["dataset"] for e in out["experiments"].values()))}
+    if scale is not None:
+        out["synthetic"] = {**(out.get("synthetic") or {}), "scale": scale}
+    if isinstance(out.get("published"), dict):
+        out["published"] = {k: v for k, v in out["published"].items() if k in out["experiments"]}
+    return out
+
+
+def stage_kinds(graph: list[Stage]) -> dict[str, list[str]]:
+    """Each kind of stage (`fetch`, `train`, ...) in graph order, with the kinds it reads from.
+
+    The DAG has one task (mapped over the kind's items) per kind; its order is this relation.
+    """
+    kinds: dict[str, set[str]] = {}
+    for stage in graph:
+        kinds.setdefault(stage.stage, set()).update(u.stage for u in upstream(graph, stage) if u.stage != stage.stage)
+    order = list(kinds)
+    return {kind: sorted(ups, key=order.index) for kind, ups in kinds.items()}
+
+
+def mapped_kinds(graph: list[Stage]) -> set[str]:
+    """The kinds made by `foreach` (one stage per dataset or experiment)."""
+    return {stage.stage for stage in graph if stage.item is not None}
+
+
+def project_graph(project: Path = PROJECT) -> list[Stage]:
+    return stage_graph(load_yaml(project / "params.yaml"), project / "dvc.yaml")
+
+
+def stage_argv(stage: Stage, *, python: str | None = None, resume: bool = False) -> list[str]:
+    """The stage's command from the graph, run by this interpreter, reading the workspace's params.yaml.
+
+    `--resume` is added to a `train` stage that is being retried: it continues from its checkpoint.
+    """
+    argv = shlex.split(stage.cmd)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = python or sys.executable
+    argv += ["--params", "params.yaml"]
+    if resume and stage.stage == "train":
+        argv.append("--resume")
+    return argv
+
+
+# ---------------------------------------------------------------- workspaces
+
+
+def workspaces_root(env: Mapping[str, str] | None = None, project: Path = PROJECT) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("TALBENCH_WORKSPACES") or project / "workspaces").resolve()
+
+
+def workspace_name(run_id: str) -> str:
+    """A run id as one safe folder name: `manual__2026-12-01T01:58:00+00:00` -> `manual__2026-12-01T01-58-00-00-00`."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip(".-")[:200]
+    return name or "run"
+
+
+def make_workspace(workspace: str | Path, params: Mapping[str, Any], project: Path = PROJECT) -> Path:
+    """Create (or refresh, for a re-run of the same DAG run) the workspace; return its path."""
+    import yaml
+
+    workspace = Path(workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    header = "# talbench workspace params: the project's params.yaml narrowed to this run (written by talbench.orchestration)\n"
+    text = header + yaml.safe_dump(dict(params), sort_keys=False, allow_unicode=True)
+    _write_atomic(workspace / "params.yaml", text)
+    _write_atomic(workspace / SNAPSHOT, (project / "dvc.yaml").read_text(encoding="utf-8"))
+    for name in LINKED:
+        link, target = workspace / name, (project / name).resolve()
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            raise FileExistsError(f"{link}: expected a link to {target}")
+        link.symlink_to(target, target_is_directory=True)
+    return workspace
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def workspace_graph(workspace: str | Path) -> list[Stage]:
+    workspace = Path(workspace)
+    return stage_graph(load_yaml(workspace / "params.yaml"), workspace / SNAPSHOT)
+
+
+def prepare(run_id: str, experiments: Iterable[str], *, epochs: int | None = None, scale: str | None = None,
+            overrides: Mapping[str, Mapping[str, Any]] | None = None, project: Path = PROJECT,
+            env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Make the run's workspace; return its path and the names of its stages, by kind (what the DAG maps over)."""
+    params = narrow_params(load_yaml(project / "params.yaml"), experiments, epochs=epochs, scale=scale, overrides=overrides)
+    workspace = make_workspace(workspaces_root(env, project) / workspace_name(run_id), params, project)
+    stages: dict[str, list[str]] = {}
+    for stage in workspace_graph(workspace):
+        stages.setdefault(stage.stage, []).append(stage.name)
+    return {"workspace": str(workspace), "stages": stages}
+
+
+def stage_env(workspace: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The stage's environment: the worker's, with params read from the workspace and one MLflow
+    parent run per workspace. MLFLOW_TRACKING_URI is passed on when set; unset, the components
+    track into the workspace's mlruns/."""
+    env = dict(os.environ if base is None else base)
+    env.pop("TALBENCH_PARAMS", None)  # the workspace's params.yaml, named on the command line, is the one
+    env["TALBENCH_RUN_GROUP"] = workspace.name
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return env
+
+
+# ---------------------------------------------------------------- the runner (local)
+
+
+def run_command(argv: list[str], cwd: str | Path, env: Mapping[str, str] | None = None,
+                emit: Callable[[str], None] | None = None) -> None:
+    """Run one stage command, streaming its output line by line to `emit` (the task log).
+
+    Exit 0: done. Exit 2 or 3 (the components' "bad input" and "system refused", one `error:`
+    line): AirflowFailException with that line, no retry. Any other exit (a crash, a kill, a bug):
+    StageFailed, which Airflow retries.
+    """
+    emit = emit or log.info
+    emit(f"$ cd {cwd} && {shlex.join(argv)}")
+    error_line = ""
+    proc = subprocess.Popen(argv, cwd=cwd, env=None if env is None else dict(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            emit(line)
+            if line.startswith("error:"):
+                error_line = line
+        rc = proc.wait()
+    finally:  # the task was killed or timed out: do not leave the stage running
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if rc == 0:
+        return
+    if rc in REFUSED:
+        raise _fail_exception()(error_line or f"{shlex.join(argv)}: exit {rc} ({REFUSED[rc]})")
+    raise StageFailed(f"{shlex.join(argv)}: exit {rc}{': ' + error_line if error_line else ''}")
+
+
+def run_stage(workspace: str | Path, name: str, *, try_number: int = 1, python: str | None = None,
+              emit: Callable[[str], None] | None = None) -> Stage:
+    """Run the workspace's stage `name` (e.g. `train@thumos14-i3d`) with the workspace as its working directory."""
+    workspace = Path(workspace)
+    graph = {stage.name: stage for stage in workspace_graph(workspace)}
+    if name not in graph:
+        raise _fail_exception()(f"{workspace / SNAPSHOT}: no stage {name!r} (stages: {', '.join(graph)})")
+    stage = graph[name]
+    run_command(stage_argv(stage, python=python, resume=try_number > 1), workspace, stage_env(workspace), emit)
+    return stage

@@ -15,10 +15,12 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
+if not sys.stderr.isatty():  # in logs (DVC, Airflow) MLflow's artifact bars are lines of carriage returns
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 DEFAULT_DIR = Path("mlruns")  # relative to the working directory: the project root for DVC stages
 GROUP_TAG = "talbench.group"
@@ -488,7 +492,9 @@ def _log_model(model: torch.nn.Module, config: Mapping[str, Any], registered_nam
         TensorSpec(np.dtype(np.float32), (-1, channels, -1), "feats"),  # [B, C, T], T a multiple of max_div_factor
         TensorSpec(np.dtype(np.bool_), (-1, 1, -1), "masks"),  # [B, 1, T], True = real step
     ]))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow nags about type hints and input examples: the signature above documents the input
+        warnings.filterwarnings("ignore", message=r"(?s).*input example", category=UserWarning)
         weights, config_file = Path(tmp) / WEIGHTS_FILE, Path(tmp) / CONFIG_FILE
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
         config_file.write_text(dump_config(dict(config)), encoding="utf-8")

@@ -21,7 +21,8 @@ class ActionFormerModel(PythonModel):
 
         self.model = model_from_files(context.artifacts["weights"], context.artifacts["config"])
 
-    # no type hints here: MLflow would read them as a second, conflicting input schema
+    # no type hints: MLflow would read them as a second input schema beside the logged signature
+    # (it warns once, at logging, that they are missing)
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch
 

@@ -88,7 +88,7 @@ def test_anet_without_score_file_says_so(workdir, tmp_path):
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow

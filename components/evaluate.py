@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     from talbench.data.dataset import VideoDataset
     from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
-    from talbench.eval.inputs import ground_truth, load_annotations, parse_predictions
+    from talbench.eval.inputs import ground_truth, parse_predictions
     from talbench.inference import check_class_agnostic, predict
     from talbench.io import recover_outputs, staged_outputs
     from talbench.pipeline import resolve_experiment
@@ -50,7 +50,7 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     if problem := check_class_agnostic(config, dataset.label_names):
         raise InputError(config["dataset"]["json_file"], name, "ext_score_file", problem)
     results = predict(config, weights, dataset, pick_device(None, init_distributed()), source=checkpoint)
-    annotations = load_annotations(config["dataset"]["json_file"])
+    annotations = dataset.annotations
     spec = exp.experiment.dataset
     preds, warnings = parse_predictions(results, annotations, exp.output / "predictions.json",
                                         num_classes=spec.tasks[exp.experiment.task].num_classes)

@@ -16,11 +16,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from talbench.orchestration import PROJECT, experiment_names, load_yaml, mapped_kinds, stage_kinds, stage_graph
+from talbench.io import read_yaml_mapping
+from talbench.orchestration import PROJECT, mapped_kinds, stage_kinds
+from talbench.pipeline import experiment_names, stage_graph
 
 TRAIN_POOL = os.environ.get("TALBENCH_TRAIN_POOL", "talbench_train")
 
-_PARAMS = load_yaml(PROJECT / "params.yaml")
+_PARAMS = read_yaml_mapping(PROJECT / "params.yaml")
 _GRAPH = stage_graph(_PARAMS, PROJECT / "dvc.yaml")
 _KINDS = stage_kinds(_GRAPH)  # kind -> the kinds it reads from, in graph order
 _MAPPED = mapped_kinds(_GRAPH)

@@ -51,15 +51,18 @@ class OutputError(Exception):
     def __init__(self, path: str | Path, cause: OSError) -> None:
         self.path = str(path)
         self.cause = cause
-        reason = cause.strerror or str(cause)
-        advice = _ADVICE.get(cause.errno or 0)
-        super().__init__(f"{self.path}: -: field 'output': cannot write ({reason}){'; ' + advice if advice else ''}")
+        super().__init__(f"{self.path}: -: field 'output': cannot write ({cause.strerror or cause}){_advice(cause)}")
+
+
+def _advice(exc: OSError) -> str:
+    """'; what to do', where we know what to do about this error."""
+    advice = _ADVICE.get(exc.errno or 0)
+    return f"; {advice}" if advice else ""
 
 
 def _system_line(exc: OSError) -> str:
     path = exc.filename if exc.filename is not None else "-"
-    advice = _ADVICE.get(exc.errno or 0)
-    return f"{path}: -: field '-': {exc.strerror or exc}{'; ' + advice if advice else ''}"
+    return f"{path}: -: field '-': {exc.strerror or exc}{_advice(exc)}"
 
 
 def exit_status(body: Callable[[], object]) -> int:

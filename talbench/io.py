@@ -93,6 +93,18 @@ def _replace(new: Path, target: Path, aside: Path, exchange: bool = True) -> Non
 
 
 @contextlib.contextmanager
+def _writing(work: Path, target: Path) -> Iterator[None]:
+    """An OSError while the body writes into `work` (no file named, or one inside it) is an OutputError
+    for `target`; errors about other files (an input the body reads) pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename).startswith(str(work)):
+            raise OutputError(target, exc) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `target`, on error it is removed.
 
@@ -108,12 +120,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise OutputError(target, exc) from None
     tmp = work / "new"
     try:
-        try:
+        with _writing(work, target):
             yield tmp
-        except OSError as exc:
-            if exc.filename is None or str(exc.filename).startswith(str(work)):
-                raise OutputError(target, exc) from None  # writing our temporary copy failed
-            raise
         try:
             _replace(tmp, target, work / "old")
         except OSError as exc:
@@ -171,12 +179,8 @@ def staged_outputs(folder: str | Path, stage: str) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(folder, exc) from None
     try:
-        try:
+        with _writing(staging, folder):
             yield staging / "new"
-        except OSError as exc:
-            if exc.filename is None or str(exc.filename).startswith(str(staging)):
-                raise OutputError(folder, exc) from None
-            raise
         for name in os.listdir(staging / "new"):
             _check_kind(staging / "new" / name, folder / name)
         try:

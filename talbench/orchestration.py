@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from talbench.io import read_yaml_mapping, write_text
 from talbench.pipeline import Stage, stage_graph, upstream
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -54,16 +55,6 @@ def _fail_exception() -> type[Exception]:
 
 
 # ---------------------------------------------------------------- params and the stage graph
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-
-
-def experiment_names(params: Mapping[str, Any]) -> list[str]:
-    return list((params.get("experiments") or {}).keys())
 
 
 def narrow_params(params: Mapping[str, Any], experiments: Iterable[str], *, epochs: int | None = None,
@@ -116,7 +107,7 @@ def mapped_kinds(graph: list[Stage]) -> set[str]:
 
 
 def project_graph(project: Path = PROJECT) -> list[Stage]:
-    return stage_graph(load_yaml(project / "params.yaml"), project / "dvc.yaml")
+    return stage_graph(read_yaml_mapping(project / "params.yaml"), project / "dvc.yaml")
 
 
 def stage_argv(stage: Stage, *, python: str | None = None, resume: bool = False) -> list[str]:
@@ -155,8 +146,8 @@ def make_workspace(workspace: str | Path, params: Mapping[str, Any], project: Pa
     workspace.mkdir(parents=True, exist_ok=True)
     header = "# talbench workspace params: the project's params.yaml narrowed to this run (written by talbench.orchestration)\n"
     text = header + yaml.safe_dump(dict(params), sort_keys=False, allow_unicode=True)
-    _write_atomic(workspace / "params.yaml", text)
-    _write_atomic(workspace / SNAPSHOT, (project / "dvc.yaml").read_text(encoding="utf-8"))
+    write_text(workspace / "params.yaml", text)
+    write_text(workspace / SNAPSHOT, (project / "dvc.yaml").read_text(encoding="utf-8"))
     for name in LINKED:
         link, target = workspace / name, (project / name).resolve()
         if link.is_symlink() and link.resolve() == target:
@@ -169,22 +160,16 @@ def make_workspace(workspace: str | Path, params: Mapping[str, Any], project: Pa
     return workspace
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def workspace_graph(workspace: str | Path) -> list[Stage]:
     workspace = Path(workspace)
-    return stage_graph(load_yaml(workspace / "params.yaml"), workspace / SNAPSHOT)
+    return stage_graph(read_yaml_mapping(workspace / "params.yaml"), workspace / SNAPSHOT)
 
 
 def prepare(run_id: str, experiments: Iterable[str], *, epochs: int | None = None, scale: str | None = None,
             overrides: Mapping[str, Mapping[str, Any]] | None = None, project: Path = PROJECT,
             env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Make the run's workspace; return its path and the names of its stages, by kind (what the DAG maps over)."""
-    params = narrow_params(load_yaml(project / "params.yaml"), experiments, epochs=epochs, scale=scale, overrides=overrides)
+    params = narrow_params(read_yaml_mapping(project / "params.yaml"), experiments, epochs=epochs, scale=scale, overrides=overrides)
     workspace = make_workspace(workspaces_root(env, project) / workspace_name(run_id), params, project)
     stages: dict[str, list[str]] = {}
     for stage in workspace_graph(workspace):

@@ -7,6 +7,7 @@ therefore ends with the same weights as an uninterrupted one (on CPU, bit for bi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -14,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,12 +300,10 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     except FileNotFoundError:
         raise InputError(path, "-", "checkpoint", "checkpoint not found") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        why = "it holds objects other than tensors and plain values, which could run code" if "weights_only" in str(exc).lower() else first
+        why = "it holds objects other than tensors and plain values, which could run code" if "weights_only" in str(exc).lower() else _first_line(exc)
         raise InputError(path, "-", "checkpoint", f"refusing to load: {why}") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(path, "-", "checkpoint", f"not a readable checkpoint (truncated or another format: {first})") from None
+        raise InputError(path, "-", "checkpoint", f"not a readable checkpoint (truncated or another format: {_first_line(exc)})") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise InputError(path, "-", "checkpoint", f"not a talbench checkpoint (no {', '.join(missing)})")
@@ -313,11 +312,18 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 
 def _restore(path: Path, state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> None:
     """Load a checkpoint's weights into this run; a checkpoint of another model or recipe is one line."""
-    try:
+    with _fitting(path):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state["ema"] is not None:
             ema.module.load_state_dict(state["ema"])
+
+
+@contextlib.contextmanager
+def _fitting(path: str | Path) -> Iterator[None]:
+    """State dicts loaded in the body must fit the model built from the config: else one InputError line."""
+    try:
+        yield
     except (RuntimeError, ValueError, KeyError) as exc:
         raise InputError(path, "-", "model", f"the checkpoint does not fit this config ({_first_line(exc)})") from None
 
@@ -337,7 +343,5 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", prefer
 
 def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: str | Path) -> None:
     """Weights into a model built from the config; a checkpoint of another architecture is one line."""
-    try:
+    with _fitting(path):
         model.load_state_dict(weights)
-    except (RuntimeError, KeyError) as exc:
-        raise InputError(path, "-", "model", f"the checkpoint does not fit this config ({_first_line(exc)})") from None

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from talbench import orchestration
+from talbench.io import read_yaml_mapping
 from talbench.orchestration import (
     StageFailed,
-    load_yaml,
     narrow_params,
     prepare,
     run_command,
@@ -70,7 +70,7 @@ print(json.dumps({
     assert info["params"] == ["epochs", "experiments", "overrides", "runner", "scale"]
     up = info["upstream"]
     # one task per kind of stage, ordered by the stage graph's inputs and outputs
-    graph = stage_graph(load_yaml(ROOT / "params.yaml"), ROOT / "dvc.yaml")
+    graph = stage_graph(read_yaml_mapping(ROOT / "params.yaml"), ROOT / "dvc.yaml")
     for stage in graph:
         assert stage.stage in up
         for other in upstream(graph, stage):
@@ -108,7 +108,7 @@ CHOSEN = ["ego4d_mq-egovlp", "thumos14-i3d", "ego4d_mq-omnivore"]
 
 
 def test_commands_for_chosen_experiments_are_the_stage_graphs(tmp_path, monkeypatch):
-    project_params = load_yaml(ROOT / "params.yaml")
+    project_params = read_yaml_mapping(ROOT / "params.yaml")
     full = stage_graph(project_params, ROOT / "dvc.yaml")
     # what the chosen experiments need, by the graph itself: their train and evaluate stages, what
     # those read from (transitively), and the stages without an item (the report)
@@ -148,7 +148,7 @@ def test_commands_for_chosen_experiments_are_the_stage_graphs(tmp_path, monkeypa
     assert ran[1][0] == ["py", "components/evaluate.py", "thumos14-i3d", "--params", "params.yaml"]
 
     # the workspace: its own params (narrowed, with the override), the project's code and configs
-    params = load_yaml(workspace / "params.yaml")
+    params = read_yaml_mapping(workspace / "params.yaml")
     assert list(params["experiments"]) == [n for n in project_params["experiments"] if n in CHOSEN]
     assert params["pipeline"]["datasets"] == ["thumos14", "ego4d_mq"]
     assert all(e["overrides"]["opt"]["epochs"] == 1 for e in params["experiments"].values())
@@ -159,7 +159,7 @@ def test_commands_for_chosen_experiments_are_the_stage_graphs(tmp_path, monkeypa
 
 
 def test_narrow_params_keeps_recipe_overrides_and_refuses_unknown():
-    params = load_yaml(ROOT / "params.yaml")
+    params = read_yaml_mapping(ROOT / "params.yaml")
     params["experiments"]["thumos14-i3d"]["overrides"] = {"model": {"embd_dim": 64}}
     out = narrow_params(params, ["thumos14-i3d"], epochs=2, scale="small", overrides={"model": {"fpn_dim": 64}, "opt": {"epochs": 9}})
     assert out["experiments"]["thumos14-i3d"]["overrides"] == {"model": {"embd_dim": 64, "fpn_dim": 64}, "opt": {"epochs": 2}}
@@ -235,7 +235,7 @@ def test_exit_2_or_3_fails_without_retry_other_exits_are_retried(tmp_path):
 
 
 def test_stage_argv_adds_only_params_and_resume():
-    graph = stage_graph(load_yaml(ROOT / "params.yaml"), ROOT / "dvc.yaml")
+    graph = stage_graph(read_yaml_mapping(ROOT / "params.yaml"), ROOT / "dvc.yaml")
     by_name = {s.name: s for s in graph}
     assert stage_argv(by_name["fetch@thumos14"], python="P", resume=True) == ["P", "components/fetch.py", "thumos14", "--params", "params.yaml"]
     assert stage_argv(by_name["report"], python="P") == ["P", "components/report.py", "--params", "params.yaml"]
@@ -271,7 +271,7 @@ def test_dags_test_runs_one_experiment_end_to_end(airflow_home, tmp_path):
     assert (workspace / "reports" / "validation" / "thumos14" / "validation.json").is_file()
     assert list((workspace / "data" / "synthetic").iterdir())  # the twin was built in the workspace
     # the trigger's overrides reached the resolved config: one epoch was trained
-    opt = load_yaml(workspace / "outputs" / "thumos14-i3d" / "train" / "config.yaml")["opt"]
+    opt = read_yaml_mapping(workspace / "outputs" / "thumos14-i3d" / "train" / "config.yaml")["opt"]
     assert (opt["epochs"], opt["warmup_epochs"]) == (1, 0)
     assert len((workspace / "outputs" / "thumos14-i3d" / "train_curve.csv").read_text().splitlines()) == 2
     with sqlite3.connect(workspace / "mlruns" / "mlflow.db") as db:

@@ -57,18 +57,19 @@ class VideoDataset(torch.utils.data.Dataset):
             FeatureSpec(folder=folder, channels=int(dim), prefix=dataset_cfg["file_prefix"] or "", ext=dataset_cfg["file_ext"])
             for folder, dim in zip(folders, dims)
         ]
-        self.records, self.label_names, self.missing = self._load(Path(dataset_cfg["json_file"]), {s.lower() for s in splits})
+        self.annotations = load_annotations(Path(dataset_cfg["json_file"]))  # the whole file, every subset
+        self.label_names = self.annotations.label_names
+        self.records, self.missing = self._load(Path(dataset_cfg["json_file"]), {s.lower() for s in splits})
         if self.missing:
             # the original skips these silently; a user should know their numbers exclude them
             warnings.warn(f"{len(self.missing)} videos of split {','.join(splits)} have no feature files and are skipped: {', '.join(self.missing[:5])}{' ...' if len(self.missing) > 5 else ''}", stacklevel=2)
         if not self.records:
             raise InputError(dataset_cfg["json_file"], ",".join(splits), "subset", "no video of this split has both annotations and features")
 
-    def _load(self, json_file: Path, splits: set[str]) -> tuple[list[VideoRecord], dict[int, str], list[str]]:
-        annotations = load_annotations(json_file)
+    def _load(self, json_file: Path, splits: set[str]) -> tuple[list[VideoRecord], list[str]]:
         records, missing = [], []
         default_fps, num_classes = self.cfg["default_fps"], self.cfg["num_classes"]
-        for vid, video in annotations.videos.items():
+        for vid, video in self.annotations.videos.items():
             if video.subset.lower() not in splits:
                 continue
             if not all(self._path(spec, vid).exists() for spec in self.features):
@@ -86,7 +87,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 raise InputError(json_file, f"{vid}.annotations[{i}]", "label_id", f"label id {labels[i]} >= dataset.num_classes {num_classes}")
             duration = video.duration if video.duration is not None else 1e8  # unknown: predictions are not clipped
             records.append(VideoRecord(vid, float(fps), duration, segments, labels))
-        return records, annotations.label_names, missing
+        return records, missing
 
     def _path(self, spec: FeatureSpec, vid: str) -> Path:
         return Path(spec.folder) / f"{spec.prefix}{vid}{spec.ext}"

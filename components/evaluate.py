@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from talbench.errors import InputError, exit_status
+from talbench.errors import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
-    from talbench.data.dataset import VideoDataset
-    from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
-    from talbench.eval.inputs import ground_truth, parse_predictions
-    from talbench.inference import check_class_agnostic, predict
+    from talbench.eval.detection import format_table
     from talbench.io import recover_outputs, staged_outputs
+    from talbench.inference import score_experiment
     from talbench.pipeline import resolve_experiment
     from talbench.tracking import check_reachable
-    from talbench.training import load_checkpoint, pick_device, init_distributed
+    from talbench.training import load_checkpoint
 
     exp = resolve_experiment(name, params, outputs)
     recover_outputs(exp.output, "evaluate")
@@ -46,24 +44,13 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     config = exp.config
     checkpoint = exp.output / "train" / "last.ckpt"
     _, weights, _ = load_checkpoint(checkpoint)
-    dataset = VideoDataset(config["dataset"], config["val_split"], is_training=False)
-    if problem := check_class_agnostic(config, dataset.label_names):
-        raise InputError(config["dataset"]["json_file"], name, "ext_score_file", problem)
-    results = predict(config, weights, dataset, pick_device(None, init_distributed()), source=checkpoint)
-    annotations = dataset.annotations
-    spec = exp.experiment.dataset
-    preds, warnings = parse_predictions(results, annotations, exp.output / "predictions.json",
-                                        num_classes=spec.tasks[exp.experiment.task].num_classes)
-    for line in warnings:
-        print(f"warning: {line}", file=sys.stderr)
-    subset = config["val_split"][0]
-    result = evaluate_detection(ground_truth(annotations, subset), preds, spec.tiou_thresholds())
-    print(format_table(result, annotations.label_names))
-    scores = result_to_dict(result, annotations.label_names)
+    scored = score_experiment(exp, config, weights, checkpoint)
+    print(format_table(scored.result, scored.label_names))
+    scores = scored.scores
     # every output is made in the staging folder and tracked from there; they replace the
     # earlier ones together, only once MLflow has them too
     with staged_outputs(exp.output, "evaluate") as tmp:
-        _write_outputs(tmp, name, results, scores, result)
+        _write_outputs(tmp, name, scored.results, scores, scored.result)
         plots = [tmp / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png")] + [exp.output / "train_curve.csv"]
         _track(exp, params, config, weights, scores, [p for p in plots if p.exists()], tmp)
     print(f"{name}: average mAP {100 * scores['average_mAP']:.2f}")

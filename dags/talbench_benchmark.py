@@ -11,16 +11,15 @@ Light at parse time: yaml, the stage graph and Airflow's SDK only.
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Param, dag, get_current_context, task
 
 from talbench.io import read_yaml_mapping
-from talbench.orchestration import PROJECT, mapped_kinds, stage_kinds
+from talbench.orchestration import PROJECT, RETRIES, TRAIN_POOL, mapped_kinds, stage_kinds
 from talbench.pipeline import experiment_names, stage_graph
+from talbench.runners import RUNNERS, default_runner
 
-TRAIN_POOL = os.environ.get("TALBENCH_TRAIN_POOL", "talbench_train")
 
 _PARAMS = read_yaml_mapping(PROJECT / "params.yaml")
 _GRAPH = stage_graph(_PARAMS, PROJECT / "dvc.yaml")
@@ -37,12 +36,7 @@ _EXPERIMENTS = experiment_names(_PARAMS)
     catchup=False,
     tags=["talbench"],
     doc_md=__doc__,
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-    },
+    default_args=RETRIES,
     params={
         "experiments": Param(
             _EXPERIMENTS,
@@ -81,12 +75,14 @@ _EXPERIMENTS = experiment_names(_PARAMS)
                         "minute on 2 CPU cores, small in a few minutes, full has the real sizes.",
         ),
         "runner": Param(
-            "local",
+            default_runner(),
             type="string",
-            enum=["local"],
+            enum=list(RUNNERS),
             title="Runner",
-            description="Where the stage commands run: local (a subprocess on the Airflow worker, "
-                        "with its Python). Container runners come later.",
+            description="Where the stage commands run: local (a subprocess on the Airflow worker, with its "
+                        "Python), docker (the project image, a GPU requested) or kubernetes (a pod with an "
+                        "nvidia.com/gpu limit); images, GPUs, node selector and tolerations come from "
+                        "params.yaml's runners section. The default is the deployment's TALBENCH_RUNNER.",
         ),
     },
 )
@@ -94,19 +90,13 @@ def talbench_benchmark():
     @task
     def prepare_workspace() -> str:
         """The run's workspace (its params.yaml narrowed to the chosen experiments) and its stages."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from talbench.orchestration import prepare
+        from talbench.orchestration import prepare, refused_as_failure
 
         context = get_current_context()
         params = context["params"]
-        if params["runner"] != "local":
-            raise AirflowFailException(f"runner {params['runner']!r} is not available yet: use local")
-        try:
+        with refused_as_failure():  # an unknown experiment (the form refuses it already), bad params
             prepared = prepare(context["run_id"], params["experiments"], epochs=params["epochs"],
                                scale=params["scale"], overrides=params["overrides"])
-        except ValueError as exc:  # an unknown experiment: the trigger form refuses it already
-            raise AirflowFailException(str(exc)) from None
         print(f"workspace {prepared['workspace']}: stages {prepared['stages']}")
         return prepared["workspace"]
 
@@ -118,23 +108,25 @@ def talbench_benchmark():
         return [stage.name for stage in workspace_graph(workspace) if stage.stage == kind]
 
     @task(map_index_template="{{ stage_name }}")
-    def run(workspace: str, name: str) -> None:
-        """Run one stage of dvc.yaml (e.g. train@thumos14-i3d) in the run's workspace."""
-        from talbench.orchestration import run_stage
+    def run(workspace: str, name: str) -> dict:
+        """Run one stage of dvc.yaml (e.g. train@thumos14-i3d) in the run's workspace, or reuse its
+        cached outputs; XCom says which: {"stage": name, "reused": bool}."""
+        from talbench.runners import run_task_stage
 
         context = get_current_context()
         context["stage_name"] = name
-        run_stage(workspace, name, try_number=context["ti"].try_number, emit=print)
+        return run_task_stage(context, workspace, name)
 
     @task
     def report(workspace: str, name: str) -> dict:
-        """The last stage: the benchmark report; its path goes to XCom."""
-        from pathlib import Path
+        """The last stage: the benchmark report; its path and the run's MLflow parent run go to XCom."""
+        from talbench.orchestration import run_summary
+        from talbench.runners import run_task_stage
 
-        from talbench.orchestration import run_stage
-
-        run_stage(workspace, name, try_number=get_current_context()["ti"].try_number, emit=print)
-        return {"workspace": workspace, "report": str(Path(workspace) / "reports" / "benchmark" / "benchmark.html")}
+        run_task_stage(get_current_context(), workspace, name)
+        summary = run_summary(workspace)
+        print(f"report: {summary['report']}; MLflow parent run {summary['mlflow_parent_run']} in {summary['tracking_uri']}")
+        return summary
 
     workspace = prepare_workspace()
     tasks = {}

@@ -6,14 +6,19 @@ into overlapping windows whose candidates are shifted back and merged before NMS
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from talbench.data.dataset import VideoDataset, VideoItem
 from talbench.data.formats import is_number, read_json
 from talbench.errors import InputError
+
+if TYPE_CHECKING:
+    from talbench.pipeline import PipelineExperiment
 
 
 def windows(length: int, chunk: int, overlap: float) -> list[int]:
@@ -119,3 +124,31 @@ def check_class_agnostic(config: dict[str, Any], label_names: dict[int, str]) ->
                 "classification scores) and multiclass_nms: False, as the published ActivityNet protocol does; "
                 "without them every detection is labelled class 0 and the mAP is meaningless")
     return None
+
+
+@dataclass(frozen=True)
+class Scored:
+    results: dict[str, Any]  # the predictions, ActivityNet results format
+    scores: dict[str, Any]  # what `talbench score` writes (talbench.eval.detection.result_to_dict)
+    result: Any  # the evaluator's DetectionResult (curves, per-class AP)
+    label_names: dict[int, str]
+
+
+def score_experiment(exp: PipelineExperiment, config: dict[str, Any], weights: dict[str, Any], source: str | Path) -> Scored:
+    """Infer `weights` (a model of `config`) on the experiment's test split and score it with the
+    dataset's protocol. `source` names the weights in messages."""
+    from talbench.eval.detection import evaluate_detection, result_to_dict
+    from talbench.eval.inputs import ground_truth, parse_predictions
+    from talbench.training import init_distributed, pick_device
+
+    dataset = VideoDataset(config["dataset"], config["val_split"], is_training=False)
+    if problem := check_class_agnostic(config, dataset.label_names):
+        raise InputError(config["dataset"]["json_file"], exp.name, "ext_score_file", problem)
+    results = predict(config, weights, dataset, pick_device(None, init_distributed()), source=source)
+    annotations, spec = dataset.annotations, exp.experiment.dataset
+    preds, warnings = parse_predictions(results, annotations, exp.output / "predictions.json",
+                                        num_classes=spec.tasks[exp.experiment.task].num_classes)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    result = evaluate_detection(ground_truth(annotations, config["val_split"][0]), preds, spec.tiou_thresholds())
+    return Scored(results, result_to_dict(result, annotations.label_names), result, annotations.label_names)

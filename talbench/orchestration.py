@@ -19,6 +19,7 @@ imports this module when Airflow parses it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -26,7 +27,8 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,10 @@ from talbench.pipeline import Stage, stage_graph, upstream
 
 PROJECT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "dvc.snapshot.yaml"
+CACHE = ".stage-cache"  # beside the workspaces, shared by them
 LINKED = ("components", "configs")  # what the stage commands name by relative path, shared by every workspace
+# the Airflow pool of the training tasks (GPU work): its slots cap how many train at once, over every DAG
+TRAIN_POOL = os.environ.get("TALBENCH_TRAIN_POOL", "talbench_train")
 REFUSED = {2: "bad input", 3: "the system refused"}  # the components' one-line errors: retrying cannot help
 
 log = logging.getLogger(__name__)
@@ -45,13 +50,36 @@ class StageFailed(RuntimeError):
     """A stage command failed in a way a retry may fix (a crash, a kill, a bug): Airflow retries it."""
 
 
+class _StandInFailException(Exception):
+    """AirflowFailException where Airflow is not installed: the runner stays usable and testable."""
+
+
 def _fail_exception() -> type[Exception]:
     try:
         from airflow.sdk.exceptions import AirflowFailException
-    except ImportError:  # outside Airflow: the runner stays usable and testable
-        class AirflowFailException(Exception):  # type: ignore[no-redef]
-            pass
+    except ImportError:
+        return _StandInFailException
     return AirflowFailException
+
+
+# every task: transient failures (a crash, a kill, a server not up yet) are retried with backoff
+RETRIES = {
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@contextlib.contextmanager
+def refused_as_failure() -> Iterator[None]:
+    """Bad params (ValueError, InputError) fail the task at once, in one `error:` line, without retries."""
+    from talbench.errors import InputError
+
+    try:
+        yield
+    except (ValueError, InputError) as exc:
+        raise _fail_exception()(f"error: {exc}") from None
 
 
 # ---------------------------------------------------------------- params and the stage graph
@@ -86,6 +114,23 @@ def narrow_params(params: Mapping[str, Any], experiments: Iterable[str], *, epoc
         out["synthetic"] = {**(out.get("synthetic") or {}), "scale": scale}
     if isinstance(out.get("published"), dict):
         out["published"] = {k: v for k, v in out["published"].items() if k in out["experiments"]}
+    if isinstance(out.get("nightly"), dict) and out["nightly"].get("experiment") not in out["experiments"]:
+        del out["nightly"]  # it names an experiment this run does not have
+    return out
+
+
+def nightly_params(params: Mapping[str, Any], data_version: str | None, *, epochs: int | None = None,
+                   overrides: Mapping[str, Mapping[str, Any]] | None = None, margin: float | None = None) -> dict[str, Any]:
+    """params.yaml for one night: the production experiment (`nightly.experiment`) only, on data
+    version `data_version` (for the synthetic twins, `synthetic.version`: more training videos, the
+    same test split; real data is whatever its fetch gives), with the night's overrides."""
+    nightly = params.get("nightly")
+    if not isinstance(nightly, Mapping) or not nightly.get("experiment"):
+        raise ValueError("params.yaml has no nightly.experiment: name the production experiment there")
+    out = narrow_params(params, [nightly["experiment"]], epochs=epochs, overrides=overrides)
+    out["nightly"] = {**nightly, **({} if margin is None else {"margin": float(margin)})}
+    if data_version is not None and (out.get("data") or {}).get("source", "synthetic") == "synthetic":
+        out["synthetic"] = {**(out.get("synthetic") or {}), "version": data_version}
     return out
 
 
@@ -139,8 +184,18 @@ def workspace_name(run_id: str) -> str:
 
 
 def make_workspace(workspace: str | Path, params: Mapping[str, Any], project: Path = PROJECT) -> Path:
-    """Create (or refresh, for a re-run of the same DAG run) the workspace; return its path."""
+    """Create (or refresh, for a re-run of the same DAG run) the workspace; return its path.
+
+    The params are checked first, the `runners` section included (the stages do not read it): a
+    bad value fails the run's first task with one line, before any work."""
     import yaml
+
+    from talbench.data.registry import Params
+    from talbench.runners import runners_config  # it imports this module
+    from talbench.schema import check
+
+    check(Params, dict(params), project / "params.yaml")
+    runners_config(params, project / "params.yaml")
 
     workspace = Path(workspace)
     workspace.mkdir(parents=True, exist_ok=True)
@@ -177,11 +232,13 @@ def prepare(run_id: str, experiments: Iterable[str], *, epochs: int | None = Non
     return {"workspace": str(workspace), "stages": stages}
 
 
-def stage_env(workspace: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def stage_env(workspace: Path, base: Mapping[str, str] | None = None, tracking_uri: str | None = None) -> dict[str, str]:
     """The stage's environment: the worker's, with params read from the workspace and one MLflow
     parent run per workspace. MLFLOW_TRACKING_URI is passed on when set; unset, the components
-    track into the workspace's mlruns/."""
+    track into `tracking_uri` if given, else into the workspace's mlruns/."""
     env = dict(os.environ if base is None else base)
+    if tracking_uri and not env.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     env.pop("TALBENCH_PARAMS", None)  # the workspace's params.yaml, named on the command line, is the one
     env["TALBENCH_RUN_GROUP"] = workspace.name
     env["PYTHONUNBUFFERED"] = "1"
@@ -225,17 +282,88 @@ def run_command(argv: list[str], cwd: str | Path, env: Mapping[str, str] | None 
     if rc == 0:
         return
     if rc in REFUSED:
-        raise _fail_exception()(error_line or f"{shlex.join(argv)}: exit {rc} ({REFUSED[rc]})")
+        refused = _fail_exception()(error_line or f"{shlex.join(argv)}: exit {rc} ({REFUSED[rc]})")
+        refused.returncode = rc  # type: ignore[attr-defined]  # a container entry point exits with it
+        raise refused
     raise StageFailed(f"{shlex.join(argv)}: exit {rc}{': ' + error_line if error_line else ''}")
 
 
 def run_stage(workspace: str | Path, name: str, *, try_number: int = 1, python: str | None = None,
-              emit: Callable[[str], None] | None = None) -> Stage:
-    """Run the workspace's stage `name` (e.g. `train@thumos14-i3d`) with the workspace as its working directory."""
+              emit: Callable[[str], None] | None = None, project: Path = PROJECT,
+              tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run the workspace's stage `name` (e.g. `train@thumos14-i3d`) with the workspace as its working directory.
+
+    A stage whose command, params and deps are the same as an earlier run's anywhere under the
+    workspaces root is not run again: its outputs are restored from the stage cache
+    (talbench/stage_cache.py). Returns the small record that goes to XCom: {"stage", "reused"}.
+    """
+    from talbench import stage_cache
+
+    emit = emit or log.info
     workspace = Path(workspace)
     graph = {stage.name: stage for stage in workspace_graph(workspace)}
     if name not in graph:
         raise _fail_exception()(f"{workspace / SNAPSHOT}: no stage {name!r} (stages: {', '.join(graph)})")
     stage = graph[name]
-    run_command(stage_argv(stage, python=python, resume=try_number > 1), workspace, stage_env(workspace), emit)
-    return stage
+    cache = workspace.parent / CACHE
+    key = stage_cache.stage_key(stage, workspace, project, read_yaml_mapping(workspace / "params.yaml")) if stage.reuse else None
+    if key and stage_cache.restore(cache, key, stage, workspace):
+        emit(f"{name}: same command, params and inputs as an earlier run: outputs restored from the stage cache ({key[:12]})")
+        return {"stage": name, "reused": True}
+    run_command(stage_argv(stage, python=python, resume=try_number > 1), workspace, stage_env(workspace, tracking_uri=tracking_uri), emit)
+    if key and stage_cache.save(cache, key, stage, workspace):
+        emit(f"{name}: outputs stored in the stage cache ({key[:12]})")
+    return {"stage": name, "reused": False}
+
+
+def run_summary(workspace: str | Path) -> dict[str, Any]:
+    """What a finished benchmark run tells in XCom: its workspace, report and MLflow parent run
+    (read from the experiments' mlflow.json, which evaluate writes)."""
+    import json
+
+    workspace = Path(workspace)
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(workspace.glob("outputs/*/mlflow.json"))]
+    first = records[0] if records else {}
+    return {"workspace": str(workspace), "report": str(workspace / "reports" / "benchmark" / "benchmark.html"),
+            "mlflow_parent_run": first.get("parent_run_id"), "tracking_uri": first.get("tracking_uri")}
+
+
+# ---------------------------------------------------------------- the nightly retraining
+
+
+def nightly_graph(params: Mapping[str, Any], dvc_yaml: Path) -> list[Stage]:
+    """The stages one night runs: dvc.yaml's, for the production experiment and its dataset."""
+    return stage_graph(nightly_params(params, None), dvc_yaml)
+
+
+def nightly_store(env: Mapping[str, str] | None = None, project: Path = PROJECT) -> str:
+    """Where the nightly runs track and keep the registry: MLFLOW_TRACKING_URI when set, else one
+    SQLite store shared by every night, `<workspaces root>/nightly-mlruns/mlflow.db`."""
+    env = os.environ if env is None else env
+    if env.get("MLFLOW_TRACKING_URI"):
+        return env["MLFLOW_TRACKING_URI"]
+    store = workspaces_root(env, project) / "nightly-mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def prepare_night(run_id: str, data_version: str, *, epochs: int | None = None,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None, margin: float | None = None,
+                  project: Path = PROJECT, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Make the night's workspace; return its path, the data version and the tracking store."""
+    params = nightly_params(read_yaml_mapping(project / "params.yaml"), data_version, epochs=epochs,
+                            overrides=overrides, margin=margin)
+    workspace = make_workspace(workspaces_root(env, project) / workspace_name(run_id), params, project)
+    return {"workspace": str(workspace), "data_version": data_version, "tracking_uri": nightly_store(env, project)}
+
+
+def run_promotion(workspace: str | Path, tracking_uri: str, *, python: str | None = None,
+                  emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """components/promote.py in the night's workspace; returns its decision (promotion.json)."""
+    import json
+
+    workspace = Path(workspace)
+    argv = [python or sys.executable, "components/promote.py", "--params", "params.yaml"]
+    run_command(argv, workspace, stage_env(workspace, tracking_uri=tracking_uri), emit)
+    experiment = read_yaml_mapping(workspace / "params.yaml")["nightly"]["experiment"]
+    return json.loads((workspace / "outputs" / experiment / "promotion.json").read_text(encoding="utf-8"))

@@ -145,6 +145,8 @@ class Stage:
     cmd: str
     deps: tuple[str, ...]
     outs: tuple[str, ...]  # outs, metrics and plots alike: DVC treats all three as outputs
+    params: tuple[str, ...] = ()  # the params.yaml keys it reads
+    reuse: bool = True  # dvc.yaml `meta: {reuse: false}`: effects beyond its outputs, never restored from a cache
 
     @property
     def stage(self) -> str:
@@ -181,7 +183,7 @@ def stage_graph(params: dict[str, Any], dvc_yaml: str | Path = "dvc.yaml") -> li
             ref = _REF.fullmatch(items.strip())
             if ref is None:
                 raise ValueError(f"{dvc_yaml}: stage {name}: foreach must be one ${{...}} reference, a list or a mapping")
-            items = _lookup(params, ref.group(1))
+            items = lookup(params, ref.group(1))
         if isinstance(items, dict):
             pairs = [(_text(key), {"key": key, "item": item}) for key, item in items.items()]
         elif any(isinstance(item, (dict, list)) for item in items):
@@ -203,7 +205,11 @@ def upstream(graph: list[Stage], stage: Stage) -> list[Stage]:
 
 def _stage(name: str, body: dict[str, Any], context: dict[str, Any]) -> Stage:
     outs = [path for section in ("outs", "metrics", "plots") for path in _paths(body.get(section), context)]
-    return Stage(name, _interpolate(body["cmd"], context), tuple(_paths(body.get("deps"), context)), tuple(outs))
+    params = tuple(_interpolate(p, context) for p in body.get("params") or [] if isinstance(p, str))
+    if any(not isinstance(p, str) for p in body.get("params") or []):
+        raise ValueError(f"stage {name}: params from other files than params.yaml are not supported by stage_graph")
+    reuse = bool((body.get("meta") or {}).get("reuse", True))
+    return Stage(name, _interpolate(body["cmd"], context), tuple(_paths(body.get("deps"), context)), tuple(outs), params, reuse)
 
 
 def _paths(entries: list[Any] | None, context: dict[str, Any]) -> list[str]:
@@ -212,7 +218,7 @@ def _paths(entries: list[Any] | None, context: dict[str, Any]) -> list[str]:
 
 
 def _interpolate(text: str, context: dict[str, Any]) -> str:
-    return _REF.sub(lambda m: _text(_lookup(context, m.group(1))), text)
+    return _REF.sub(lambda m: _text(lookup(context, m.group(1))), text)
 
 
 def _text(value: Any) -> str:
@@ -220,7 +226,7 @@ def _text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _lookup(context: dict[str, Any], dotted: str) -> Any:
+def lookup(context: dict[str, Any], dotted: str) -> Any:
     """`a.b.c` or `a.b[0]` in `context`, as DVC selects it."""
     value: Any = context
     for part in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):

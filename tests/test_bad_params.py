@@ -119,6 +119,11 @@ PARAMS_CASES = {
     "md5": (lambda p: p["synthetic"]["md5"]["thumos14"].update(ci="abc"), EXPERIMENT, ["synthetic.md5.thumos14: field 'ci'", "32 hex digits"]),
     "unpack ratio": (_set("data", max_unpack_ratio=0), EXPERIMENT, ["data: field 'max_unpack_ratio'", "expected a number > 0, or null (the default limit), got 0"]),
     "published": (lambda p: p["published"][EXPERIMENT].update(avg="high"), EXPERIMENT, [f"published.{EXPERIMENT}: field 'avg'", "expected a number, got 'high'"]),
+    "data version": (_set("synthetic", version="2026-13-01"), EXPERIMENT, ["synthetic: field 'version'", "expected a date YYYY-MM-DD"]),
+    "nightly experiment": (_set("nightly", experiment="thumos14-i3"), EXPERIMENT, ["nightly: field 'experiment'", "did you mean 'thumos14-i3d'?"]),
+    "nightly cron": (_set("nightly", schedule="every night"), EXPERIMENT, ["nightly: field 'schedule'", "expected a cron expression"]),
+    "nightly margin": (_set("nightly", margin=5), EXPERIMENT, ["nightly: field 'margin'", "a number in [0, 1]", "got 5"]),
+    "nightly key": (_rename(lambda p: p["nightly"], "margin", "margn"), EXPERIMENT, ["nightly: field 'margn'", "did you mean 'margin'?"]),
     # override values are checked with the config and reported where they were written
     "override value": (_exp(EXPERIMENT, overrides={"opt": {"epochs": "ten"}}), EXPERIMENT,
                        [f"experiments.{EXPERIMENT}.overrides.opt: field 'epochs'", "expected an integer >= 1, got 'ten'"]),

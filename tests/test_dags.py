@@ -32,7 +32,6 @@ from talbench.orchestration import (
 from talbench.pipeline import stage_graph, upstream
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_FILE = ROOT / "dags" / "talbench_benchmark.py"
 HEAVY = ("torch", "mlflow", "dvc", "great_expectations", "pandas")
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
@@ -82,13 +81,14 @@ print(json.dumps({
     assert info["retries"]["train"] == 2
 
 
-def test_dag_file_parses_fast_without_heavy_libraries(tmp_path):
+@pytest.mark.parametrize("dag_file", sorted((ROOT / "dags").glob("*.py")), ids=lambda p: p.stem)
+def test_dag_file_parses_fast_without_heavy_libraries(tmp_path, dag_file):
     script = f"""
 import importlib.util, json, sys, time
 t0 = time.perf_counter()
 import airflow.sdk
 t1 = time.perf_counter()
-spec = importlib.util.spec_from_file_location("talbench_benchmark_dag", {str(DAG_FILE)!r})
+spec = importlib.util.spec_from_file_location("talbench_dag", {str(dag_file)!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 t2 = time.perf_counter()
@@ -189,7 +189,7 @@ from airflow.dag_processing.dagbag import DagBag
 dag = DagBag(dag_folder={str(ROOT / "dags")!r}).dags["talbench_benchmark"]
 out = {{}}
 for name, conf in [("ok", {{"experiments": ["thumos14-i3d"], "epochs": 1}}), ("unknown", {{"experiments": ["nope"]}}),
-                   ("epochs", {{"experiments": ["thumos14-i3d"], "epochs": 0}}), ("runner", {{"runner": "docker"}}),
+                   ("epochs", {{"experiments": ["thumos14-i3d"], "epochs": 0}}), ("runner", {{"runner": "podman"}}),
                    ("scale", {{"scale": "huge"}}), ("empty", {{"experiments": []}}),
                    ("overrides", {{"overrides": {{"opt": 3}}}})]:
     try:
@@ -263,8 +263,11 @@ def test_dags_test_runs_one_experiment_end_to_end(airflow_home, tmp_path):
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-5000:]
     assert "state=success" in log, log[-5000:]
-    (workspace,) = workspaces.iterdir()
+    (workspace,) = [p for p in workspaces.iterdir() if p.name != orchestration.CACHE]
     assert workspace.name.startswith("manual__")
+    # fetch, validate and train are stored for a later identical run; evaluate and report are not
+    stored = [json.loads(p.read_text())["stage"] for p in (workspaces / orchestration.CACHE).glob("*/*/stage.json")]
+    assert sorted(stored) == ["fetch@thumos14", "train@thumos14-i3d", "validate@thumos14"]
     metrics = json.loads((workspace / "outputs" / "thumos14-i3d" / "metrics.json").read_text())
     assert 0.0 <= metrics["average_mAP"] <= 1.0
     assert (workspace / "reports" / "benchmark" / "benchmark.html").is_file()
@@ -276,9 +279,11 @@ def test_dags_test_runs_one_experiment_end_to_end(airflow_home, tmp_path):
     assert len((workspace / "outputs" / "thumos14-i3d" / "train_curve.csv").read_text().splitlines()) == 2
     with sqlite3.connect(workspace / "mlruns" / "mlflow.db") as db:
         runs = dict(db.execute("select name, status from runs").fetchall())
+        (parent,) = db.execute("select run_uuid from runs where name = ?", (workspace.name,)).fetchone()
     assert runs.get("thumos14-i3d") == "FINISHED" and runs.get(workspace.name) is not None
-    # the report task hands its path over XCom
+    # the report task hands its path and the MLflow parent run over XCom
     assert f"'report': '{workspace / 'reports' / 'benchmark' / 'benchmark.html'}'" in log
+    assert f"'mlflow_parent_run': '{parent}'" in log
     assert not (ROOT / "workspaces").exists() or workspace.parent != ROOT / "workspaces"
 
 

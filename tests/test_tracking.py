@@ -190,12 +190,12 @@ def test_epoch_logger_turns_store_failures_into_warnings(monkeypatch: pytest.Mon
             hang.wait(5)
 
     caplog.set_level(logging.WARNING)
-    monkeypatch.setattr(mlflow_tracking, "_client", lambda: Store("raise"))
+    monkeypatch.setattr(mlflow_tracking, "tracking_client", lambda: Store("raise"))
     started = time.monotonic()
     assert not EpochLogger("r", timeout=2).log_epoch(HISTORY[0])
     assert "database is locked" in caplog.text and "more detail" not in caplog.text
 
-    monkeypatch.setattr(mlflow_tracking, "_client", lambda: Store("hang"))
+    monkeypatch.setattr(mlflow_tracking, "tracking_client", lambda: Store("hang"))
     slow = EpochLogger("r", timeout=0.2)
     assert not slow.log_epoch(HISTORY[0])
     assert not slow.log_epoch(HISTORY[1])  # the first is still hanging: skipped at once
@@ -231,7 +231,7 @@ def test_system_metrics_never_stop_or_stall_training(monkeypatch: pytest.MonkeyP
     def unreachable() -> Any:
         raise ConnectionError("tracking server went away\ntraceback")
 
-    monkeypatch.setattr(mlflow_tracking, "_client", unreachable)
+    monkeypatch.setattr(mlflow_tracking, "tracking_client", unreachable)
     ran = []
     with system_metrics("r"):
         ran.append(1)
@@ -242,7 +242,7 @@ def test_system_metrics_never_stop_or_stall_training(monkeypatch: pytest.MonkeyP
             pass
 
     hang = threading.Event()
-    monkeypatch.setattr(mlflow_tracking, "_client", Client)
+    monkeypatch.setattr(mlflow_tracking, "tracking_client", Client)
     monkeypatch.setattr(SystemMetricsMonitor, "__init__", lambda self, *a, **k: None)
     monkeypatch.setattr(SystemMetricsMonitor, "start", lambda self: None)
     monkeypatch.setattr(SystemMetricsMonitor, "finish", lambda self: hang.wait(5))
@@ -298,7 +298,7 @@ def test_default_store_is_mlruns_db_under_cwd(tmp_path: Path, monkeypatch: pytes
     client = mlflow.MlflowClient(tracking_uri())
     exp_id = client.get_run(run_id).info.experiment_id
     location = client.get_experiment(exp_id).artifact_location
-    assert Path(location.removeprefix("file://")) == tmp_path / "mlruns" / exp_id
+    assert Path(location.removeprefix("file://")) == tmp_path / "mlruns" / "talbench-default"
     assert "MLFLOW_TRACKING_URI" not in os.environ  # the default is not written into the environment
 
 
@@ -346,3 +346,33 @@ def test_tracking_server_over_http(mlflow_server: str, tmp_path: Path, monkeypat
     _check_logged(logged)
     # artifacts went through the server into its artifacts destination, not into the client's cwd
     assert list((tmp_path / "server-artifacts").rglob("config.yaml")) and not (tmp_path / "mlruns").exists()
+
+
+def test_processes_starting_together_on_a_fresh_store_all_succeed(tmp_path: Path) -> None:
+    """Two trainings of one Airflow run make the workspace's store at the same moment: without the
+    lock one of them fails in MLflow's schema migration."""
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    script = f"""
+import os, sys, time
+from pathlib import Path
+while not Path({str(go)!r}).exists():
+    time.sleep(0.005)
+from talbench.tracking import parent_run, experiment_run
+parent = parent_run("talbench", "together")
+experiment_run(parent, sys.argv[1])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"exp{i}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    time.sleep(6)  # every process has imported MLflow and waits
+    go.touch()
+    outs = [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+    assert all(code == 0 for code, _ in outs), "\n".join(out[-2000:] for code, out in outs if code)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("talbench").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["exp0", "exp1", "exp2", "exp3", "together"]

@@ -308,7 +308,7 @@ def _build_twin(name: str, registry: Registry, params: Mapping[str, Any], out_di
     from talbench.data.synthetic import PROFILES, SCALES, recorded_md5, write_twin
 
     synthetic = params.get("synthetic") or {}
-    seed, scale = synthetic.get("seed", 0), synthetic.get("scale", "ci")
+    seed, scale, version = synthetic.get("seed", 0), synthetic.get("scale", "ci"), synthetic.get("version")
     if scale not in SCALES:
         raise InputError(registry.path, "synthetic", "scale", f"expected one of {', '.join(SCALES)}, got {scale!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -316,8 +316,8 @@ def _build_twin(name: str, registry: Registry, params: Mapping[str, Any], out_di
     if name not in PROFILES:
         twins = ", ".join(PROFILES)
         raise InputError(registry.path, name, "data.source", f"no synthetic twin of this dataset (twins: {twins}); use source: real")
-    summary = write_twin(registry.dataset(name), scale, seed, out_dir)
-    expected = recorded_md5(dict(params), name, scale, seed)
+    summary = write_twin(registry.dataset(name), scale, seed, out_dir, version)
+    expected = recorded_md5(dict(params), name, scale, seed, version)
     if expected is None:
         return summary.archive, summary.md5, False
     return summary.archive, verify_md5(summary.archive, expected, name), True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -153,6 +154,19 @@ class SyntheticParams(Strict):
     seed: Natural = 0
     scale: Text = "ci"
     md5: Annotated[dict[str, dict[str, Md5]], Field(description="per dataset, per scale, an md5")] = {}
+    # a data version of the twins: more annotated training videos, the same test split (the nightly DAG sets it)
+    version: Annotated[str | None, Field(description="a date YYYY-MM-DD, or null (the base twin)")] = None
+
+    @field_validator("version")
+    @classmethod
+    def _a_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                if date.fromisoformat(value).isoformat() != value:
+                    raise ValueError(value)
+            except ValueError:
+                raise ValueError(f"expected a date YYYY-MM-DD, or null, got {value!r}") from None
+        return value
 
     @field_validator("scale")
     @classmethod
@@ -176,6 +190,30 @@ class ExperimentParams(Strict):
     overrides: Annotated[dict[str, dict[str, Any]], Field(description="config sections of config keys, e.g. {opt: {epochs: 5}}")] = {}
 
 
+class NightlyParams(Strict):
+    """The nightly retraining (dags/talbench_nightly.py): which experiment is in production, when, and the promotion rule."""
+
+    experiment: Annotated[str, Field(description="the name of an experiment of params.yaml")]
+    schedule: Annotated[str, Field(description="a cron expression, e.g. '0 2 * * *'")] = "0 2 * * *"
+    margin: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False,
+                                   description="a number in [0, 1]: the average mAP (0-1) a challenger must gain")] = 0.0
+    model: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$",
+                                       description="a registered model name, or null (talbench-<experiment>-production)")] = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter  # Airflow's own cron parser
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"expected a cron expression of five fields, e.g. '0 2 * * *', got {value!r}")
+        return value
+
+    @property
+    def model_name(self) -> str:
+        return self.model or f"talbench-{self.experiment}-production"
+
+
 class Params(Strict):
     data: DataParams | None = None
     synthetic: SyntheticParams | None = None
@@ -183,6 +221,10 @@ class Params(Strict):
     pipeline: PipelineParams | None = None
     experiments: Annotated[dict[str, ExperimentParams] | None, Field(description="a mapping of experiment entries")] = None
     published: Annotated[dict[str, dict[str, float]] | None, Field(description="per experiment, mAP per tIoU")] = None
+    nightly: NightlyParams | None = None
+    # checked where it is used, when an Airflow run starts (talbench.runners.runners_config): the
+    # stages do not read it, and importing the runners here would make every stage depend on them
+    runners: Annotated[dict[str, Any] | None, Field(description="a mapping of runner sections")] = None
 
     @model_validator(mode="after")
     def _known_names(self) -> Params:
@@ -192,6 +234,8 @@ class Params(Strict):
                 raise Problem("pipeline.datasets", unknown(name, datasets))
         for name, entry in (self.experiments or {}).items():
             _check_names(f"experiments.{name}", entry, datasets)
+        if self.nightly is not None and self.nightly.experiment not in (self.experiments or {}):
+            raise Problem("nightly.experiment", unknown(self.nightly.experiment, self.experiments or {}))
         return self
 
 

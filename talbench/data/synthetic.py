@@ -22,6 +22,7 @@ import hashlib
 import json
 import string
 import zipfile
+from datetime import date
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,12 +171,14 @@ def video_rng(seed: int, like: str, stream: int, index: int = 0) -> np.random.Ge
 class TwinModel:
     """The fixed parts of a twin (class prototypes, projections), drawn once from the seed."""
 
-    def __init__(self, dataset: DatasetSpec, profile: Profile, seed: int, scale: str) -> None:
+    def __init__(self, dataset: DatasetSpec, profile: Profile, seed: int, scale: str, version: str | None = None) -> None:
         self.dataset = dataset
         self.profile = profile
         self.seed = seed
         self.scale = scale
         self.size = profile.sizes[scale]
+        self.added_train_videos = added_train_videos(version, self.size)
+        self.num_videos = self.size.train_videos + self.size.test_videos + self.added_train_videos
         rng = video_rng(seed, profile.like, MODEL_STREAM)
         self.tasks = list(dataset.tasks)
         d = profile.latent_dim
@@ -201,7 +204,8 @@ class TwinModel:
     def video(self, index: int) -> Video:
         p, size = self.profile, self.size
         rng = video_rng(self.seed, p.like, ANNOTATION_STREAM, index)
-        train = index < size.train_videos
+        # a data version's added videos come after the test videos: the test split never changes
+        train = index < size.train_videos or index >= size.train_videos + size.test_videos
         subset = p.subset_names[0] if train else p.subset_names[1]
         lo, hi = size.duration_s
         duration = round(float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), 2)
@@ -369,14 +373,21 @@ def external_scores(model: TwinModel, videos: list[Video]) -> dict[str, Any]:
     return {"results": results, "class": label_names(model.profile.like, task, k)}
 
 
-def twin_members(dataset: DatasetSpec, scale: str, seed: int) -> Iterator[tuple[str, bytes]]:
-    """(archive path, bytes) of every file of the twin, in a fixed order."""
+def added_train_videos(version: str | None, size: ScaleSize) -> int:
+    """How many annotated training videos data version `version` (a date, YYYY-MM-DD) adds to the
+    twin: 1 to half the training set, derived from the date alone. The base twin (None) adds none."""
+    if version is None:
+        return 0
+    return 1 + date.fromisoformat(version).toordinal() % max(1, size.train_videos // 2)
+
+
+def twin_members(dataset: DatasetSpec, scale: str, seed: int, version: str | None = None) -> Iterator[tuple[str, bytes]]:
+    """(archive path, bytes) of every file of the twin (of data version `version`), in a fixed order."""
     if dataset.name not in PROFILES:
         raise KeyError(dataset.name)
-    model = TwinModel(dataset, PROFILES[dataset.name], seed, scale)
-    n = model.size.train_videos + model.size.test_videos
-    videos = [model.video(i) for i in range(n)]
-    version = f"talbench synthetic twin of {dataset.name}, scale {scale}, seed {seed}"
+    model = TwinModel(dataset, PROFILES[dataset.name], seed, scale, version)
+    videos = [model.video(i) for i in range(model.num_videos)]
+    version = f"talbench synthetic twin of {dataset.name}, scale {scale}, seed {seed}" + (f", data version {version}" if version else "")
     for t, task in enumerate(model.tasks):
         yield dataset.tasks[task].annotations, annotation_json(annotation_database(model, videos, t), version).encode()
     if dataset.ext_score_file:
@@ -387,31 +398,31 @@ def twin_members(dataset: DatasetSpec, scale: str, seed: int) -> Iterator[tuple[
             yield f"{spec.folder}/{spec.prefix}{video.video_id}{spec.ext}", feature_file_bytes(array, spec)
 
 
-def write_twin(dataset: DatasetSpec, scale: str, seed: int, out_dir: str | Path) -> TwinSummary:
-    """Write the twin's archive `<out_dir>/<name>-<scale>-seed<seed>.zip` and return its summary.
+def write_twin(dataset: DatasetSpec, scale: str, seed: int, out_dir: str | Path, version: str | None = None) -> TwinSummary:
+    """Write the twin's archive `<out_dir>/<name>-<scale>-seed<seed>[-<version>].zip` and return its summary.
 
     The zip is laid out like the real archive (paths under dataset.root); stored members with
     fixed metadata make it byte-identical for the same seed. Written atomically.
     """
     out_dir = Path(out_dir)
-    target = out_dir / archive_name(dataset.name, scale, seed)
+    target = out_dir / archive_name(dataset.name, scale, seed, version)
     with atomic_path(target) as tmp:
         with zipfile.ZipFile(tmp, "w") as zf:
-            for name, data in twin_members(dataset, scale, seed):
+            for name, data in twin_members(dataset, scale, seed, version):
                 add_to_zip(zf, name, data)
     return summarize(dataset, scale, seed, target)
 
 
-def recorded_md5(params: dict[str, Any], like: str, scale: str, seed: int) -> str | None:
-    """The md5 params.yaml records for this twin; recorded for seed 0 only."""
-    if seed != 0:
+def recorded_md5(params: dict[str, Any], like: str, scale: str, seed: int, version: str | None = None) -> str | None:
+    """The md5 params.yaml records for this twin; recorded for seed 0 of the base twin only."""
+    if seed != 0 or version is not None:
         return None
     value = (((params.get("synthetic") or {}).get("md5") or {}).get(like) or {}).get(scale)
     return None if value is None else str(value)
 
 
-def archive_name(like: str, scale: str, seed: int) -> str:
-    return f"{like}-{scale}-seed{seed}.zip"
+def archive_name(like: str, scale: str, seed: int, version: str | None = None) -> str:
+    return f"{like}-{scale}-seed{seed}{'-' + version if version else ''}.zip"
 
 
 @dataclass(frozen=True)

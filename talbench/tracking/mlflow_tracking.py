@@ -63,8 +63,8 @@ def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the local store mlruns/mlflow.db (SQLite; the folder is made here).
 
     The default is made absolute so that a later chdir, or MLflow's per-URI store cache, cannot
-    point it at another folder. Its experiments keep their artifacts in mlruns/<experiment id>:
-    that is MLflow's own default for a SQLite store (./mlruns, resolved when the experiment is made).
+    point it at another folder. Experiments made here keep their artifacts beside the database, in
+    mlruns/<experiment name> (see experiment_id).
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if uri:
@@ -116,10 +116,36 @@ def _check_uri_form(uri: str) -> None:
             raise InputError("MLFLOW_TRACKING_URI", uri, "tracking", "the SQLite store's folder does not exist (sqlite:///FOLDER/mlflow.db)")
 
 
-def _client() -> MlflowClient:
+def tracking_client() -> MlflowClient:
+    """A client of tracking_uri(); a fresh local store is made once, under a lock (see _made_store)."""
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///") or uri in _MADE:
+        return mlflow.MlflowClient(uri)
+    with _made_store(Path(uri.removeprefix("sqlite:///"))):
+        client = mlflow.MlflowClient(uri)  # makes or upgrades the store's tables
+        client.search_experiments(max_results=1)
+    _MADE.add(uri)
+    return client
+
+
+_MADE: set[str] = set()  # the SQLite stores this process has opened
+
+
+@contextlib.contextmanager
+def _made_store(db: Path) -> Iterator[None]:
+    """One process at a time opens a SQLite store for the first time.
+
+    Stages that start together on a fresh store (two trainings of one Airflow run) would each run
+    MLflow's schema migration at once, and all but one fail ('alembic_version ... 0 found', 'table
+    already exists'). The first to take the lock makes the tables; the others then find them made.
+    """
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager
@@ -151,7 +177,7 @@ def experiment_id(client: MlflowClient, experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         try:
-            return client.create_experiment(experiment)
+            return client.create_experiment(experiment, artifact_location=_artifact_location(experiment))
         except MlflowException:  # another process created it between our lookup and create
             found = client.get_experiment_by_name(experiment)
             if found is None:
@@ -159,6 +185,16 @@ def experiment_id(client: MlflowClient, experiment: str) -> str:
     if found.lifecycle_stage == "deleted":
         client.restore_experiment(found.experiment_id)
     return found.experiment_id
+
+
+def _artifact_location(experiment: str) -> str | None:
+    """Beside a SQLite store, `<store folder>/<experiment>`: MLflow's own default there is ./mlruns of
+    whichever process makes the experiment first, which for stages run in per-run workspaces (Airflow)
+    would be one run's workspace. Servers and other stores choose for themselves (None)."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / experiment).resolve().as_uri()
 
 
 def _find_or_create(client: MlflowClient, exp_id: str, tags: Mapping[str, str], run_name: str) -> str:
@@ -200,7 +236,7 @@ def parent_run(experiment: str, group: str, tags: Mapping[str, str] | None = Non
     """
     _check_id("group", group)
     check_reachable(tracking_uri())
-    client = _client()
+    client = tracking_client()
     exp_id = experiment_id(client, experiment)
     run_id = _find_or_create(client, exp_id, {GROUP_TAG: group, ROLE_TAG: "parent"}, run_name=group)
     if tags:
@@ -211,7 +247,7 @@ def parent_run(experiment: str, group: str, tags: Mapping[str, str] | None = Non
 def experiment_run(parent_run_id: str, name: str) -> str:
     """The child run of experiment `name` under the parent run, created if missing (same rules as parent_run)."""
     _check_id("experiment", name)
-    client = _client()
+    client = tracking_client()
     parent = client.get_run(parent_run_id)
     tags = {PARENT_TAG: parent_run_id, EXPERIMENT_TAG: name, ROLE_TAG: "experiment"}
     if GROUP_TAG in parent.data.tags:
@@ -311,7 +347,7 @@ class EpochLogger:
             from mlflow.entities import Metric
 
             if self._client is None:
-                self._client = _client()
+                self._client = tracking_client()
             now = _now_ms()
             step = int(record["epoch"])
             metrics = [Metric(k, v, now, step) for k, v in epoch_metrics(record).items()]
@@ -364,7 +400,7 @@ def system_metrics(run_id: str, interval: float = 10.0, timeout: float = 10.0) -
     monitor: SystemMetricsMonitor | None = None
     try:
         # the monitor samples only while the run is RUNNING (a retrained experiment's run was finished)
-        _client().update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        tracking_client().update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=tracking_uri())
         monitor.start()
     except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop training
@@ -423,7 +459,7 @@ def log_experiment_run(
     import mlflow
     from mlflow.entities import Metric, Param
 
-    client = _client()
+    client = tracking_client()
     run_id = experiment_run(parent_run_id, name)
     commit = git_commit()
     all_tags = {
@@ -534,8 +570,15 @@ def load_model(model_uri: str) -> torch.nn.Module:
     Built by the installed talbench from the model's config and weights artifacts: no code and
     no pickle from the store runs, whoever logged the model.
     """
+    folder = model_files(model_uri)
+    return model_from_files(folder / WEIGHTS_FILE, folder / CONFIG_FILE)
+
+
+def model_files(model_uri: str, dst: str | Path | None = None) -> Path:
+    """Download a logged model's artifacts (into `dst`, else a temporary folder); the folder holding
+    WEIGHTS_FILE and CONFIG_FILE."""
     import mlflow.artifacts
 
     with _fluent_uri():  # models:/ URIs resolve against the global registry URI
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    return model_from_files(folder / "artifacts" / WEIGHTS_FILE, folder / "artifacts" / CONFIG_FILE)
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None if dst is None else str(dst)))
+    return folder / "artifacts"

@@ -1,0 +1,106 @@
+"""Nightly step: register tonight's model as the challenger and promote it if it beats the champion.
+
+    python components/promote.py [--params params.yaml] [--outputs outputs]
+
+Runs after the evaluate stage of params.yaml's `nightly.experiment` (the production experiment):
+registers the model evaluate logged (outputs/EXPERIMENT/mlflow.json) as a new version of
+`nightly.model` (default talbench-<experiment>-production) with the alias `challenger`, re-scores
+the current `champion` on the same test split, and moves `champion` to the new version only when
+its average mAP is higher by more than `nightly.margin` (the first version is promoted). The
+decision, both scores and the data version are tags on the version and in
+outputs/EXPERIMENT/promotion.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from talbench.errors import InputError, exit_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Register tonight's model and promote it if it beats the champion.")
+    parser.add_argument("--params", type=Path, default=None)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    args = parser.parse_args(argv)
+    return exit_status(lambda: promote_tonight(args.params, args.outputs))
+
+
+def promote_tonight(params_path: Path | None, outputs: Path) -> dict[str, Any]:
+    from talbench.data.registry import NightlyParams, load_params
+    from talbench.io import write_json
+    from talbench.pipeline import data_hash, resolve_experiment
+    from talbench.tracking import check_reachable
+    from talbench.tracking.mlflow_tracking import tracking_uri
+    from talbench.tracking.promotion import promote, register_challenger
+
+    path, params = load_params(params_path)
+    if not params.get("nightly"):
+        raise InputError(path, "nightly", "nightly", "no nightly section: name the production experiment (nightly.experiment)")
+    nightly = NightlyParams.model_validate(params["nightly"])
+    exp = resolve_experiment(nightly.experiment, params_path, outputs)
+    check_reachable()
+    record, scores = _read(exp.output / "mlflow.json", nightly.experiment), _read(exp.output / "scores.json", nightly.experiment)
+    source = _logged_model(record, exp.output / "mlflow.json")
+    version = register_challenger(nightly.model_name, source, record["run_id"])
+    data_version = (params.get("synthetic") or {}).get("version") if (params.get("data") or {}).get("source", "synthetic") == "synthetic" else None
+    lineage = {"talbench.data_version": data_version or "base", "talbench.data_hash": data_hash(exp.experiment.dataset.name, exp.data_dir),
+               "talbench.run_id": record["run_id"]}
+    decision = promote(nightly.model_name, version, float(scores["average_mAP"]), nightly.margin,
+                       lambda champion: _score_version(exp, nightly.model_name, champion), lineage)
+    summary = {**decision.as_dict(), **lineage, "tracking_uri": tracking_uri()}
+    write_json(exp.output / "promotion.json", summary)
+    verdict = "promoted to champion" if decision.promoted else f"not promoted: champion stays version {decision.champion_version}"
+    champion = "none" if decision.champion_score is None else f"{100 * decision.champion_score:.2f} (version {decision.champion_version})"
+    print(f"{decision.model} version {version}: average mAP {100 * decision.challenger_score:.2f}, champion {champion}, "
+          f"margin {100 * nightly.margin:.2f}: {verdict} ({decision.reason})")
+    return summary
+
+
+def _read(path: Path, experiment: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, experiment, "file", "not found: run the evaluate stage of this experiment first") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(path, experiment, "file", f"not JSON ({exc})") from None
+
+
+def _logged_model(record: dict[str, Any], path: Path) -> str:
+    """The logged model (models:/m-...) behind the version evaluate registered."""
+    from talbench.tracking.mlflow_tracking import tracking_client
+
+    if not record.get("model") or not record.get("model_version") or not record.get("run_id"):
+        raise InputError(path, "mlflow", "model_version", "evaluate recorded no registered model version")
+    return tracking_client().get_model_version(record["model"], str(record["model_version"])).source
+
+
+def _score_version(exp, model: str, version: str) -> float:
+    """The average mAP of a registered version on tonight's test split: its own model and test
+    settings, tonight's data."""
+    import tempfile
+
+    import torch
+
+    from talbench.config import finalize
+    from talbench.io import read_yaml_mapping
+    from talbench.inference import score_experiment
+    from talbench.tracking.mlflow_tracking import CONFIG_FILE, WEIGHTS_FILE, model_files
+
+    uri = f"models:/{model}/{version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model_files(uri, tmp)
+        own = read_yaml_mapping(folder / CONFIG_FILE)
+        weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    config = finalize({**exp.config, "model": own["model"], "test_cfg": own["test_cfg"]})
+    scored = score_experiment(exp, config, weights, uri)
+    print(f"champion {uri}: average mAP {100 * scored.scores['average_mAP']:.2f} on tonight's test split")
+    return float(scored.scores["average_mAP"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

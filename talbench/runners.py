@@ -5,9 +5,9 @@ The command is the same in each. `local` is `talbench.orchestration.run_stage`; 
     python -m talbench.runners stage WORKSPACE NAME [--try N]
 
 which points the workspace's `components`/`configs` links at the image's project and then calls
-that same `run_stage`. Its exit status: 0 done; 2 refused, with one `error:` line (the stage's bad
-input or system refusal, which run_stage does not tell apart, or no such stage); 3 the system
-refused to re-point the links; 1 anything a retry may fix. The outer task maps a container's 2 or 3
+that same `run_stage`. Its exit status: 0 done; the stage's own 2 (bad input, or no such stage) or 3
+(the system refused), with one `error:` line; 3 also when the links cannot be re-pointed; 1
+anything a retry may fix. The outer task maps a container's 2 or 3
 to AirflowFailException (no retry) and anything else to StageFailed (retried).
 
 Workspaces are shared by path: the Docker runner bind-mounts the workspaces root at the same path,
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 RUNNERS = ("local", "docker", "kubernetes")
 DEFAULT_IMAGE = "talbench:latest"
-# What a stage needs from the worker's environment (see orchestration.stage_env); nothing else crosses.
 
 
 def default_runner(env: Mapping[str, str] | None = None) -> str:
@@ -54,6 +53,7 @@ def default_runner(env: Mapping[str, str] | None = None) -> str:
     return runner
 
 
+# What a stage needs from the worker's environment (see orchestration.stage_env); nothing else crosses.
 PASS_ENV = ("MLFLOW_TRACKING_URI", "TALBENCH_RUN_GROUP", "PYTHONUNBUFFERED", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED")
 VOLUME = "workspaces"  # the pod's name for the workspaces claim
 

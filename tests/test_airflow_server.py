@@ -228,3 +228,28 @@ def test_two_benchmarks_and_a_night_at_once_do_not_fight(server, first_run, work
     assert str(client.get_model_version_by_alias(decision["model"], "challenger").version) == str(versions[-1].version)
     experiment = read_yaml_mapping(night / "params.yaml")["nightly"]["experiment"]
     assert json.loads((night / "outputs" / experiment / "promotion.json").read_text())["version"] == decision["version"]
+
+
+def test_new_data_starts_a_night_on_the_version_it_names(server):
+    """An event on the data Asset (as a data pipeline would post it) starts talbench_nightly on that version."""
+    call(server, "PATCH", "/api/v2/dags/talbench_nightly", {"is_paused": False})
+    params = read_yaml_mapping(ROOT / "params.yaml")
+    uri = f"talbench://data/{params['experiments'][params['nightly']['experiment']]['dataset']}"
+    (asset,) = [a for a in call(server, "GET", "/api/v2/assets?limit=100")["assets"] if a["uri"] == uri]
+    call(server, "POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"version": "2026-12-05"}})
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        runs = [r for r in call(server, "GET", runs_path(dag="talbench_nightly") + "?limit=100")["dag_runs"]
+                if r["run_type"] == "asset_triggered"]
+        done = runs and [ti for ti in task_instances(server, runs[0]["dag_run_id"], "prepare_night", "talbench_nightly")
+                         if ti["state"] == "success"]
+        if done:
+            break
+        assert time.monotonic() < deadline, f"no asset-triggered night prepared within {RUN_TIMEOUT} s: {runs}"
+        time.sleep(3)
+    (run,) = runs
+    night = xcom(server, run["dag_run_id"], "prepare_night", dag="talbench_nightly")
+    assert night["data_version"] == "2026-12-05"
+    assert read_yaml_mapping(Path(night["workspace"]) / "params.yaml")["synthetic"]["version"] == "2026-12-05"
+    # the wiring is what this checks: the night's training is the other tests' business
+    call(server, "PATCH", runs_path(run["dag_run_id"], "talbench_nightly"), {"state": "failed"})

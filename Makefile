@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_bootstrap.py
 	$(PY) bench/bench_nms.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_infer.py

@@ -107,18 +107,7 @@ def score(
 
     if out is not None:
         check_output_file(out)
-    if tiou is not None and dataset is not None:
-        raise InputError("--tiou", tiou, "tiou", "give either --tiou or --dataset, not both")
-    num_classes = None
-    if dataset is not None:
-        from talbench.data.registry import load_registry
-
-        spec = load_registry(params).dataset(dataset)
-        thresholds = spec.tiou_thresholds()
-        # the dataset's whole label space: a predicted class without ground truth is not a typo
-        num_classes = max(task.num_classes for task in spec.tasks.values())
-    else:
-        thresholds = _parse_tious(tiou or "0.5:0.95:10")
+    thresholds, num_classes = _protocol(tiou, dataset, params)
     try:
         ks = tuple(int(k) for k in top_k.split(","))
     except ValueError:
@@ -131,6 +120,81 @@ def score(
     print(format_table(result, gt_file.label_names, per_class=per_class))
     if out is not None:
         write_json(out, result_to_dict(result, gt_file.label_names))
+
+
+def _protocol(tiou: Optional[str], dataset: Optional[str], params: Optional[Path]):
+    """The tIoU thresholds, and the label space (None: the annotations'), from --tiou or a registry dataset."""
+    if tiou is not None and dataset is not None:
+        raise InputError("--tiou", tiou, "tiou", "give either --tiou or --dataset, not both")
+    if dataset is None:
+        return _parse_tious(tiou or "0.5:0.95:10"), None
+    from talbench.data.registry import load_registry
+
+    spec = load_registry(params).dataset(dataset)
+    # the dataset's whole label space: a predicted class without ground truth is not a typo
+    return spec.tiou_thresholds(), max(task.num_classes for task in spec.tasks.values())
+
+
+def _compared_predictions(paths: tuple[Path, Path], annotations, subset: str, videos: set[str], num_classes: int | None) -> list:
+    """Both prediction files, refused unless they list the same videos, all of them `subset` videos:
+    the paired bootstrap resamples test videos, so each must be one, and scored for both A and B."""
+    from talbench.data.formats import read_json, top_level
+    from talbench.eval.inputs import parse_predictions
+
+    listed, loaded = [], []
+    for path in paths:
+        obj = read_json(path)
+        preds, _ = parse_predictions(obj, annotations, path, strict=True, num_classes=num_classes)  # strict: unknown videos are errors
+        results = top_level(obj, path, "results")
+        outside = next((video for video in results if video not in videos), None)
+        if outside is not None:
+            problem = f"not a '{subset}' video of {annotations.path}: the bootstrap resamples the {len(videos)} '{subset}' videos only"
+            raise InputError(path, outside, "video id", problem)
+        listed.append(set(results))
+        loaded.append(preds)
+    only_a, only_b = sorted(listed[0] - listed[1]), sorted(listed[1] - listed[0])
+    if only_a or only_b:
+        video, where = (only_a[0], f"listed in {paths[0]} but not here") if only_a else (only_b[0], f"not listed in {paths[0]}")
+        raise InputError(paths[1], video, "video id", f"{where}: A and B must be scored on the same test videos")
+    return loaded
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(metavar="A.json", help="Predictions A (ActivityNet results JSON), e.g. outputs/<experiment>/predictions.json.")],
+    b: Annotated[Path, typer.Argument(metavar="B.json", help="Predictions B, on the same test videos.")],
+    gt: Annotated[Path, typer.Option("--gt", help="Ground truth (annotation file) both are scored against.")],
+    subset: Annotated[str, typer.Option(help="Subset of the annotations: the test videos resampled (case-insensitive).")] = "test",
+    tious: Annotated[Optional[str], typer.Option("--tious", "--tiou", help="Thresholds: '0.3,0.5,0.7' or '0.3:0.7:5' (default ActivityNet's 0.5:0.95:10).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Registry dataset (e.g. ego4d_mq): its tIoU thresholds and label space.")] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the test videos.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the resamples: the same seed gives the same result.")] = 0,
+    level: Annotated[float, typer.Option(help="Confidence level of the intervals and the verdict.")] = 0.95,
+    out: Annotated[Optional[Path], typer.Option(help="Write the comparison JSON here (atomically).")] = None,
+    params: ParamsOption = None,
+) -> None:
+    """Paired bootstrap over test videos: is A's average mAP better than B's, worse, or not distinguishable?"""
+    from talbench.eval.inputs import ground_truth, load_annotations
+    from talbench.eval.statistics import comparison_to_dict, format_comparison, paired_bootstrap
+    from talbench.io import check_output_file, write_json
+
+    if out is not None:
+        check_output_file(out)
+    if resamples < 1:
+        raise InputError("--resamples", str(resamples), "resamples", "expected a positive number of resamples, e.g. 1000")
+    if not 0.0 < level < 1.0:
+        raise InputError("--level", str(level), "level", "expected a confidence level between 0 and 1, e.g. 0.95")
+    thresholds, num_classes = _protocol(tious, dataset, params)
+    annotations = load_annotations(gt)
+    truth = ground_truth(annotations, subset)
+    preds_a, preds_b = _compared_predictions((a, b), annotations, subset, set(truth.videos.tolist()), num_classes)
+    try:
+        result = paired_bootstrap(truth, preds_a, truth, preds_b, thresholds, resamples=resamples, seed=seed, level=level)
+    except ValueError as exc:  # a resample without ground truth: too few annotated test videos
+        raise InputError(gt, f"subset '{subset}'", "annotations", str(exc)) from None
+    print(format_comparison(result, str(a), str(b)))
+    if out is not None:
+        write_json(out, comparison_to_dict(result, str(a), str(b)))
 
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value, e.g. --set opt.epochs=3 (repeatable).")]

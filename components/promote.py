@@ -5,10 +5,11 @@
 Runs after the evaluate stage of params.yaml's `nightly.experiment` (the production experiment):
 registers the model evaluate logged (outputs/EXPERIMENT/mlflow.json) as a new version of
 `nightly.model` (default talbench-<experiment>-production) with the alias `challenger`, re-scores
-the current `champion` on the same test split, and moves `champion` to the new version only when
-its average mAP is higher by more than `nightly.margin` (the first version is promoted). The
-decision, both scores and the data version are tags on the version and in
-outputs/EXPERIMENT/promotion.json.
+the current `champion` on the same test split, compares the two by a paired bootstrap over the
+test videos, and moves `champion` to the new version only when the whole `nightly.level`
+interval of the gain in average mAP lies above `nightly.margin` (the first version is promoted).
+The decision, both scores, the gain with its interval and the data version are tags on the
+version and in outputs/EXPERIMENT/promotion.json.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def promote_tonight(params_path: Path | None, outputs: Path) -> dict[str, Any]:
     lineage = {"talbench.data_version": data_version or "base", "talbench.data_hash": data_hash(exp.experiment.dataset.name, exp.data_dir),
                "talbench.run_id": record["run_id"]}
     decision = promote(nightly.model_name, version, float(scores["average_mAP"]), nightly.margin,
-                       lambda champion: _score_version(exp, nightly.model_name, champion), lineage)
+                       lambda champion: _against(exp, nightly, champion), lineage)
     summary = {**decision.as_dict(), **lineage, "tracking_uri": tracking_uri()}
     write_json(exp.output / "promotion.json", summary)
     verdict = "promoted to champion" if decision.promoted else f"not promoted: champion stays version {decision.champion_version}"
     champion = "none" if decision.champion_score is None else f"{100 * decision.champion_score:.2f} (version {decision.champion_version})"
-    print(f"{decision.model} version {version}: average mAP {100 * decision.challenger_score:.2f}, champion {champion}, "
-          f"margin {100 * nightly.margin:.2f}: {verdict} ({decision.reason})")
+    print(f"{decision.model} version {version}: average mAP {100 * decision.challenger_score:.2f}, champion {champion}: "
+          f"{verdict} ({decision.reason})")
     return summary
 
 
@@ -79,9 +80,25 @@ def _logged_model(record: dict[str, Any], path: Path) -> str:
     return tracking_client().get_model_version(record["model"], str(record["model_version"])).source
 
 
-def _score_version(exp, model: str, version: str) -> float:
-    """The average mAP of a registered version on tonight's test split: its own model and test
-    settings, tonight's data."""
+def _against(exp, nightly, champion: str):
+    """The challenger (evaluate's predictions) against a champion version, re-scored on tonight's
+    test split with its own model and test settings: a paired bootstrap over the test videos."""
+    from talbench.eval.inputs import load_annotations, load_predictions
+    from talbench.eval.statistics import paired_bootstrap
+    from talbench.tracking.promotion import Evidence
+
+    scored = _score_version(exp, nightly.model_name, champion)
+    spec = exp.experiment.dataset
+    annotations = load_annotations(exp.config["dataset"]["json_file"])
+    challenger, _ = load_predictions(exp.output / "predictions.json", annotations,
+                                     num_classes=spec.tasks[exp.experiment.task].num_classes)
+    result = paired_bootstrap(scored.truth, challenger, scored.truth, scored.predictions, spec.tiou_thresholds(),
+                              resamples=nightly.resamples, seed=0, level=nightly.level)
+    return Evidence(float(scored.scores["average_mAP"]), result.difference, result.interval, nightly.level)
+
+
+def _score_version(exp, model: str, version: str):
+    """A registered version scored on tonight's test split: its own model and test settings, tonight's data."""
     import tempfile
 
     import torch
@@ -99,7 +116,7 @@ def _score_version(exp, model: str, version: str) -> float:
     config = finalize({**exp.config, "model": own["model"], "test_cfg": own["test_cfg"]})
     scored = score_experiment(exp, config, weights, uri)
     print(f"champion {uri}: average mAP {100 * scored.scores['average_mAP']:.2f} on tonight's test split")
-    return float(scored.scores["average_mAP"])
+    return scored
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ the same test split; real data: what its fetch stage gives). The tasks are dvc.y
 the production experiment (`nightly.experiment`) and its dataset, in the night's own workspace: a
 failing validation stops the night there and the champion stays. Then components/promote.py
 registers the new model as the `challenger` of `nightly.model` and moves `champion` to it only
-when its average mAP on the same test split beats the champion's by more than `nightly.margin`.
-The decision and both scores are tags on the model version, in the task log and in XCom.
+when it is better with confidence `nightly.level`: the paired-bootstrap interval of its average
+mAP minus the champion's, on the same test split, lies wholly above `nightly.margin`.
+The decision, both scores and the interval are tags on the model version, in the task log and in XCom.
 
 Light at parse time: yaml, the stage graph and Airflow's SDK only.
 """
@@ -66,8 +67,8 @@ DATA = Asset(name=f"talbench-data-{_PARAMS['experiments'][_NIGHTLY['experiment']
         ),
         "margin": Param(
             None, type=["null", "number"], minimum=0, maximum=1, title="Promotion margin",
-            description=f"Average mAP (0-1) the challenger must gain over the champion; empty: nightly.margin "
-                        f"({_NIGHTLY.get('margin', 0.0)}).",
+            description=f"Average mAP (0-1) the whole confidence interval of the challenger's gain over the champion "
+                        f"must exceed; empty: nightly.margin ({_NIGHTLY.get('margin', 0.0)}).",
         ),
     },
 )
@@ -99,7 +100,8 @@ def talbench_nightly():
         from talbench.orchestration import run_promotion
 
         decision = run_promotion(night["workspace"], night["tracking_uri"], emit=print)
-        keys = ("model", "version", "promoted", "challenger_score", "champion_score", "champion_version", "margin", "reason")
+        keys = ("model", "version", "promoted", "challenger_score", "champion_score", "champion_version",
+                "difference", "interval", "level", "margin", "reason")
         return {key: decision[key] for key in keys} | {"data_version": night["data_version"]}
 
     night = prepare_night()

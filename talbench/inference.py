@@ -132,6 +132,8 @@ class Scored:
     scores: dict[str, Any]  # what `talbench score` writes (talbench.eval.detection.result_to_dict)
     result: Any  # the evaluator's DetectionResult (curves, per-class AP)
     label_names: dict[int, str]
+    truth: Any  # the test split's GroundTruth and the parsed Predictions: what a paired comparison resamples
+    predictions: Any
 
 
 def score_experiment(exp: PipelineExperiment, config: dict[str, Any], weights: dict[str, Any], source: str | Path) -> Scored:
@@ -150,5 +152,6 @@ def score_experiment(exp: PipelineExperiment, config: dict[str, Any], weights: d
                                         num_classes=spec.tasks[exp.experiment.task].num_classes)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
-    result = evaluate_detection(ground_truth(annotations, config["val_split"][0]), preds, spec.tiou_thresholds())
-    return Scored(results, result_to_dict(result, annotations.label_names), result, annotations.label_names)
+    truth = ground_truth(annotations, config["val_split"][0])
+    result = evaluate_detection(truth, preds, spec.tiou_thresholds())
+    return Scored(results, result_to_dict(result, annotations.label_names), result, annotations.label_names, truth, preds)

@@ -69,12 +69,19 @@ def test_the_nightly_stages_are_the_stage_graphs_for_the_production_experiment()
 # ---------------------------------------------------------------- the promotion rule, in a real registry
 
 
-def test_decide_promotes_the_first_and_then_only_by_more_than_the_margin():
-    assert promotion.decide(0.10, None, 0.01)[0]
-    assert promotion.decide(0.121, 0.11, 0.01)[0]
-    assert not promotion.decide(0.12, 0.11, 0.01)[0]  # exactly the margin is not more than it
-    assert not promotion.decide(0.10, 0.11, 0.0)[0]
-    assert not promotion.decide(0.11, 0.11, 0.0)[0]  # a tie does not beat the champion
+def evidence(champion: float, low: float, high: float, difference: float | None = None) -> promotion.Evidence:
+    return promotion.Evidence(champion, (low + high) / 2 if difference is None else difference, (low, high), 0.95)
+
+
+def test_decide_promotes_the_first_and_then_only_when_the_whole_interval_is_above_the_margin():
+    assert promotion.decide(None, 0.01)[0]
+    assert promotion.decide(evidence(0.2, 0.001, 0.05), 0.0)[0]
+    assert not promotion.decide(evidence(0.2, -0.001, 0.05, difference=0.03), 0.0)[0]  # above on this draw, not surely
+    assert not promotion.decide(evidence(0.2, 0.005, 0.05), 0.01)[0]  # surely better, not surely by the margin
+    assert promotion.decide(evidence(0.2, 0.011, 0.05), 0.01)[0]
+    promoted, reason = promotion.decide(evidence(0.2, -0.05, -0.01), 0.0)
+    assert not promoted and reason.startswith("worse than the champion")
+    assert promotion.decide(evidence(0.2, -0.01, 0.01), 0.0)[1].startswith("not distinguishable")
 
 
 @pytest.fixture
@@ -92,47 +99,47 @@ def registry(tmp_path, monkeypatch):
     return client, new_version
 
 
-def test_promotion_moves_the_champion_only_when_the_challenger_beats_it(registry):
+def test_promotion_moves_the_champion_only_when_the_challenger_is_surely_better(registry):
     client, new_version = registry
     model = "talbench-test-production"
-    scores = {}
     asked: list[str] = []
 
-    def champion_score(version: str) -> float:
-        asked.append(version)
-        return scores[version]
+    def night(score: float, interval: tuple[float, float] | None = None, margin: float = 0.0) -> promotion.Decision:
+        def against(champion: str) -> promotion.Evidence:
+            asked.append(champion)
+            return evidence(0.20, *interval)
 
-    def night(score: float, margin: float = 0.01) -> promotion.Decision:
-        version = new_version(model)
-        scores[version] = score
-        return promotion.promote(model, version, score, margin, champion_score, {"talbench.data_version": f"night {version}"})
+        return promotion.promote(model, new_version(model), score, margin, against, {"talbench.data_version": "tonight"})
 
     first = night(0.20)
-    assert first.promoted and first.champion_score is None and asked == []
-    worse, within, better = night(0.15), night(0.205), night(0.25)
-    assert (worse.promoted, within.promoted, better.promoted) == (False, False, True)
-    assert asked == ["1", "1", "1"]  # the champion re-scored each night
-    assert (worse.champion_version, better.champion_version) == ("1", "1")
-    assert str(client.get_model_version_by_alias(model, "champion").version) == "4"
-    assert str(client.get_model_version_by_alias(model, "challenger").version) == "4"
-    tags = client.get_model_version(model, "2").tags
-    assert tags["talbench.decision"] == "kept champion"
-    assert float(tags["talbench.challenger_score"]) == 0.15 and float(tags["talbench.champion_score"]) == 0.20
-    assert tags["talbench.champion_version"] == "1" and tags["talbench.margin"] == "0.01"
-    assert tags["talbench.data_version"] == "night 2" and "not above the margin" in tags["talbench.reason"]
-    assert client.get_model_version(model, "4").tags["talbench.decision"] == "promoted"
+    assert first.promoted and first.champion_score is None and first.interval is None and asked == []
+    worse = night(0.15, (-0.08, -0.02))
+    unclear = night(0.23, (-0.01, 0.07))  # higher on this draw, not surely
+    short = night(0.24, (0.004, 0.08), margin=0.005)  # surely better, not surely by the margin
+    better = night(0.26, (0.02, 0.10))
+    assert [d.promoted for d in (worse, unclear, short, better)] == [False, False, False, True]
+    assert asked == ["1", "1", "1", "1"]  # each night against the champion of the time
+    assert str(client.get_model_version_by_alias(model, "champion").version) == "5"
+    assert str(client.get_model_version_by_alias(model, "challenger").version) == "5"
+    tags = client.get_model_version(model, "3").tags
+    assert tags["talbench.decision"] == "kept champion" and tags["talbench.reason"].startswith("not distinguishable")
+    assert float(tags["talbench.challenger_score"]) == 0.23 and float(tags["talbench.champion_score"]) == 0.20
+    assert (float(tags["talbench.interval_low"]), float(tags["talbench.interval_high"])) == (-0.01, 0.07)
+    assert tags["talbench.champion_version"] == "1" and tags["talbench.level"] == "0.95" and tags["talbench.margin"] == "0"
+    assert tags["talbench.data_version"] == "tonight"
+    assert client.get_model_version(model, "5").tags["talbench.decision"] == "promoted"
 
 
 def test_a_retried_promotion_keeps_its_decision_and_registers_nothing_twice(registry):
     client, new_version = registry
     model = "talbench-retry-production"
     first = new_version(model)
-    promotion.promote(model, first, 0.3, 0.0, lambda v: pytest.fail("no champion to score"))
+    promotion.promote(model, first, 0.3, 0.0, lambda v: pytest.fail("no champion to compare with"))
     run_id = client.get_model_version(model, first).run_id
     source = client.get_model_version(model, first).source
     assert promotion.register_challenger(model, source, run_id) == first  # the same logged model: the same version
     second = new_version(model)
-    decision = promotion.promote(model, second, 0.1, 0.0, lambda v: 0.3)
+    decision = promotion.promote(model, second, 0.1, 0.0, lambda v: evidence(0.3, -0.3, -0.1))
     client.set_registered_model_alias(model, "challenger", first)  # as if killed before the aliases moved
     again = promotion.promote(model, second, 0.9, 0.0, lambda v: pytest.fail("decided already"))
     assert again == decision and not again.promoted
@@ -181,7 +188,7 @@ print(json.dumps({{
 
 
 @pytest.mark.slow
-def test_two_nights_the_first_promotes_the_second_only_by_the_margin(tmp_path):
+def test_two_nights_the_first_promotes_the_second_only_when_surely_better(tmp_path):
     home, workspaces = tmp_path / "airflow", tmp_path / "workspaces"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "TALBENCH_PARAMS", "TALBENCH_RUN_GROUP")}
     env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
@@ -189,7 +196,7 @@ def test_two_nights_the_first_promotes_the_second_only_by_the_margin(tmp_path):
     done = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     quick = {"epochs": 1, "overrides": {"opt": {"warmup_epochs": 0}}}
-    # the second night's margin is the whole scale: it cannot be beaten, so the champion must stay
+    # the second night's margin is the whole scale: no interval lies above it, so the champion must stay
     for day, margin in (("2026-12-01", None), ("2026-12-02", 1.0)):
         conf = {**quick, **({} if margin is None else {"margin": margin})}
         done = subprocess.run([AIRFLOW, "dags", "test", "talbench_nightly", day, "-c", json.dumps(conf)], env=env,
@@ -207,6 +214,8 @@ def test_two_nights_the_first_promotes_the_second_only_by_the_margin(tmp_path):
     assert (first["talbench.decision"], second["talbench.decision"]) == ("promoted", "kept champion")
     assert (first["talbench.data_version"], second["talbench.data_version"]) == ("2026-12-01", "2026-12-02")
     assert second["talbench.champion_version"] == "1" and second["talbench.margin"] == "1"
+    low, high = float(second["talbench.interval_low"]), float(second["talbench.interval_high"])
+    assert low <= float(second["talbench.difference"]) <= high and second["talbench.level"] == "0.95"
     # the champion was re-scored on the second night's test split: the same split, the same score
     assert float(second["talbench.champion_score"]) == pytest.approx(float(first["talbench.challenger_score"]), abs=1e-9)
     nights = sorted(p for p in workspaces.iterdir() if p.name.startswith("manual__"))

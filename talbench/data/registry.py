@@ -196,7 +196,9 @@ class NightlyParams(Strict):
     experiment: Annotated[str, Field(description="the name of an experiment of params.yaml")]
     schedule: Annotated[str, Field(description="a cron expression, e.g. '0 2 * * *'")] = "0 2 * * *"
     margin: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False,
-                                   description="a number in [0, 1]: the average mAP (0-1) a challenger must gain")] = 0.0
+                                   description="a number in [0, 1]: the average mAP (0-1) the whole interval of a challenger's gain must exceed")] = 0.0
+    level: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False, description="a confidence level in (0, 1), e.g. 0.95")] = 0.95
+    resamples: Annotated[int, Field(ge=100, description="an integer >= 100 (bootstrap resamples of the test videos)")] = 1000
     model: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$",
                                        description="a registered model name, or null (talbench-<experiment>-production)")] = None
 

@@ -4,7 +4,9 @@
 
 Reads each experiment's scores.json, predictions.json, pr_curve.csv and train/metrics.jsonl, the validation
 results and (when tracked) the MLflow run of each experiment; writes reports/benchmark/benchmark.md,
-reports/benchmark/benchmark.html (plots embedded) and the PNG plots beside them.
+reports/benchmark/benchmark.html (plots embedded) and the PNG plots beside them. Every average mAP
+carries its bootstrap interval over the test videos, and the experiments scored on the same test
+videos are compared with the best of them by a paired bootstrap (talbench.eval.statistics).
 """
 
 from __future__ import annotations
@@ -159,11 +161,45 @@ def _plot_timeline(row: dict[str, Any], annotations: dict[str, Video], subset: s
     return vid
 
 
+# the report's intervals: `talbench compare`'s defaults, so its numbers can be checked from the command line
+RESAMPLES, SEED, LEVEL = 1000, 0, 0.95
+
+
+def _bootstrap(row: dict[str, Any], exp, annotations) -> None:
+    """The experiment's bootstrap over its test videos, and what a paired comparison needs, into `row`."""
+    from talbench.eval.inputs import ground_truth, parse_predictions
+    from talbench.eval.statistics import bootstrap
+
+    spec = exp.experiment.dataset
+    truth = ground_truth(annotations, exp.config["val_split"][0])
+    preds, _ = parse_predictions({"results": row["predictions"]}, annotations, exp.output / "predictions.json",
+                                 num_classes=spec.tasks[exp.experiment.task].num_classes)
+    row["truth"], row["parsed"], row["tious"] = truth, preds, spec.tiou_thresholds()
+    row["test_set"] = (exp.config["dataset"]["json_file"], exp.config["val_split"][0])
+    row["bootstrap"] = bootstrap(truth, preds, row["tious"], resamples=RESAMPLES, seed=SEED, level=LEVEL)
+
+
+def _comparisons(group: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """Each experiment against the best (by average mAP) of those scored on the same test videos."""
+    from talbench.eval.statistics import paired_bootstrap
+
+    out = []
+    for test_set in dict.fromkeys(row["test_set"] for row in group):
+        same = [row for row in group if row["test_set"] == test_set]
+        best = max(same, key=lambda row: row["metrics"]["average_mAP"])
+        for row in same:
+            if row is not best:
+                result = paired_bootstrap(row["truth"], row["parsed"], best["truth"], best["parsed"], row["tious"],
+                                          resamples=RESAMPLES, seed=SEED, level=LEVEL)
+                out.append((row["name"], best["name"], result))
+    return out
+
+
 def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    from talbench.data.formats import load_annotations
+    from talbench.eval.inputs import load_annotations
     from talbench.io import atomic_path
     from talbench.pipeline import resolve_experiment
 
@@ -178,9 +214,10 @@ def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, 
         timelines = []
         for row in rows:
             exp = resolve_experiment(row["name"], params_path, outputs)
-            annotations = load_annotations(exp.config["dataset"]["json_file"]).videos
+            annotations = load_annotations(exp.config["dataset"]["json_file"])
+            _bootstrap(row, exp, annotations)
             png = tmp / f"timeline_{row['name']}.png"
-            vid = _plot_timeline(row, annotations, exp.config["val_split"][0], png)
+            vid = _plot_timeline(row, annotations.videos, exp.config["val_split"][0], png)
             if vid:
                 timelines.append((row["name"], vid, png.name))
         validation = _validation_summary(params, validation_dir)
@@ -216,19 +253,31 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
                   f"`{(params.get('synthetic') or {}).get('seed')}`). Published numbers are for the real datasets and are shown for orientation only.", ""]
     else:
         lines += ["Data: the real datasets.", ""]
+    level = f"{100 * LEVEL:g}%"
+    lines += [f"Each experiment is one training run (a single seed: the spread over seeds is not measured). "
+              f"Intervals are {level} bootstrap intervals over the test videos ({RESAMPLES} resamples, seed {SEED}, "
+              f"basic bootstrap; `talbench compare` gives the same).", ""]
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_dataset.setdefault(row["dataset"], []).append(row)
     for dataset, group in by_dataset.items():
         keys = list(group[0]["metrics"]["mAP"])
         tious = [k.split("@")[1] for k in keys]
-        lines += [f"## {dataset}", "", "| experiment | " + " | ".join(tious) + " | avg |", "|---" * (len(tious) + 2) + "|"]
+        lines += [f"## {dataset}", "", "| experiment | " + " | ".join(tious) + f" | avg | avg, {level} interval |",
+                  "|---" * (len(tious) + 3) + "|"]
         for row in group:
             m = row["metrics"]
-            lines.append(f"| {row['name']} | " + " | ".join(_fmt(m["mAP"][k]) for k in keys) + f" | **{_fmt(m['average_mAP'])}** |")
+            low, high = row["bootstrap"].interval
+            lines.append(f"| {row['name']} | " + " | ".join(_fmt(m["mAP"][k]) for k in keys)
+                         + f" | **{_fmt(m['average_mAP'])}** | [{_fmt(low)}, {_fmt(high)}] |")
             if row["published"]:
                 pub = row["published"]
-                lines.append(f"| {row['name']} (published, real data) | " + " | ".join(str(pub.get(t, pub.get(float(t), "—"))) for t in tious) + f" | {pub.get('avg', '—')} |")
+                lines.append(f"| {row['name']} (published, real data) | " + " | ".join(str(pub.get(t, pub.get(float(t), "—"))) for t in tious) + f" | {pub.get('avg', '—')} | — |")
+        if comparisons := _comparisons(group):
+            lines += ["", f"Against the best on the same test videos (paired bootstrap, {level}):", "",
+                      f"| experiment | best | difference | {level} interval | verdict |", "|---|---|---|---|---|"]
+            lines += [f"| {name} | {best} | {_fmt(r.difference)} | [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}] | {r.verdict} |"
+                      for name, best, r in comparisons]
         recall_keys = [k for k in group[0]["metrics"]["recall"] if k.startswith("R@1x")]
         lines += ["", "Recall@1x: " + "; ".join(f"{row['name']} " + ", ".join(f"{k.split('@')[2]}: {_fmt(row['metrics']['recall'][k])}" for k in recall_keys[:3]) for row in group), ""]
         for row in group:

@@ -75,7 +75,13 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
     assert "precision@0.50" in plots_page and "pr_curve.png" in plots_page and "map_vs_tiou" in plots_page
     header = (project / "outputs/thumos14-i3d/pr_curve.csv").read_text().splitlines()[0]
     assert header == "recall,precision@0.30,precision@0.40,precision@0.50,precision@0.60,precision@0.70"
-    assert "precision_recall.png" in (project / "reports/benchmark/benchmark.md").read_text()
+    markdown = (project / "reports/benchmark/benchmark.md").read_text()
+    assert "precision_recall.png" in markdown
+    # every headline number with its interval over test videos, and labelled as one seed
+    assert "| avg | avg, 95% interval |" in markdown and "a single seed" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| thumos14-i3d |"))
+    low, high = (float(x) for x in row.rsplit("[", 1)[1].split("]")[0].split(","))
+    assert 0.0 <= low <= high <= 100.0
 
 
 @pytest.mark.slow

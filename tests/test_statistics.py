@@ -12,7 +12,7 @@ import pytest
 from talbench.eval.detection import GroundTruth, Predictions, evaluate_detection
 from talbench.eval.statistics import (
     _prepare,
-    bc_interval,
+    basic_interval,
     bootstrap,
     combine_seeds,
     draw_videos,
@@ -259,7 +259,7 @@ def test_seeds_combine_into_mean_std_and_the_interval_of_the_seed_mean(case):
     assert summary.n == 3 and summary.mean == pytest.approx(np.mean(points))
     assert summary.std == pytest.approx(np.std(points, ddof=1)) and summary.std > 0
     pooled = np.mean([r.replicate_average for r in runs], axis=0)
-    assert summary.interval == tuple(bc_interval(pooled, np.mean(points), 0.95))
+    assert summary.interval == tuple(basic_interval(pooled, np.mean(points), 0.95, (0.0, 1.0)))
     assert summary.mAP_std.shape == (TIOUS.size,) and summary.mAP_interval.shape == (TIOUS.size, 2)
     assert "(n=3 seeds)" in format_seeds(summary)
 
@@ -352,15 +352,17 @@ def test_compare_bad_input_is_one_line_and_exit_2(tmp_path, case, break_b, args,
     assert not out.exists()
 
 
-def test_the_bias_corrected_interval_follows_the_share_of_replicates_below_the_point():
+def test_the_basic_interval_reflects_the_replicates_around_the_point():
     half = np.random.default_rng(0).normal(0.0, 1.0, size=10000)
-    replicates = np.concatenate([half, -half])  # exactly half below 0
-    centred = bc_interval(replicates, 0.0, 0.95)  # no shift: the percentile interval
+    replicates = np.concatenate([half, -half])  # symmetric around 0
+    centred = basic_interval(replicates, 0.0, 0.95, (-10.0, 10.0))  # no shift: the percentile interval
     assert np.allclose(centred, np.quantile(replicates, [0.025, 0.975]), atol=1e-12)
     assert centred[0] == pytest.approx(-1.96, abs=0.05) and centred[1] == pytest.approx(1.96, abs=0.05)
-    shifted = bc_interval(replicates, -0.5, 0.95)  # replicates run 0.5 above the point, as resampled mAP does
-    assert shifted[0] < -0.5 < shifted[1] and shifted[1] < centred[1]
-    assert np.all(bc_interval(np.zeros((100, 3)), np.zeros(3), 0.9) == 0.0)  # identical: a point interval
+    # replicates running 0.5 above the point, as resampled mAP does: the interval moves down by twice that
+    shifted = basic_interval(replicates, -0.5, 0.95, (-10.0, 10.0))
+    assert np.allclose(shifted, centred - 1.0) and shifted[0] < -0.5 < shifted[1]
+    assert np.all(basic_interval(np.zeros((100, 3)), np.zeros(3), 0.9) == 0.0)  # identical: a point interval
+    assert basic_interval(np.array([0.9, 1.0]), 0.99, 0.5, (0.0, 1.0))[1] == 1.0  # an mAP stays within [0, 1]
 
 
 def test_compare_takes_a_dataset_s_label_space_as_score_does(tmp_path, case):

@@ -3,7 +3,8 @@
     python components/evaluate.py EXPERIMENT [--params params.yaml] [--outputs outputs]
 
 Writes outputs/EXPERIMENT/predictions.json (ActivityNet results format), scores.json (what
-`talbench score` writes: mAP and AP per class per tIoU, Recall@KxN, counts), metrics.json (DVC
+`talbench score` writes: mAP and AP per class per tIoU, Recall@KxN, counts; plus `interval`, the
+bootstrap intervals over test videos of average mAP and each tIoU's mAP), metrics.json (DVC
 metrics: average mAP, mAP per tIoU, Recall@KxN), and the DVC plots map_vs_tiou.csv,
 pr_curve.csv (class-mean precision at 101 recall levels, a column per tIoU) and pr_curve.png;
 logs config, curves, scores, plots, tags and the registered model to the experiment's MLflow run
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     from talbench.eval.detection import format_table
+    from talbench.eval.statistics import bootstrap, interval_record
     from talbench.io import recover_outputs, staged_outputs
     from talbench.inference import score_experiment
     from talbench.pipeline import resolve_experiment
@@ -46,14 +48,18 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     _, weights, _ = load_checkpoint(checkpoint)
     scored = score_experiment(exp, config, weights, checkpoint)
     print(format_table(scored.result, scored.label_names))
-    scores = scored.scores
+    # one training run's numbers carry their uncertainty over test videos (scores.json, MLflow)
+    spread = bootstrap(scored.truth, scored.predictions, exp.experiment.dataset.tiou_thresholds())
+    scores = {**scored.scores, "interval": interval_record(spread)}
     # every output is made in the staging folder and tracked from there; they replace the
     # earlier ones together, only once MLflow has them too
     with staged_outputs(exp.output, "evaluate") as tmp:
         _write_outputs(tmp, name, scored.results, scores, scored.result)
         plots = [tmp / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png")] + [exp.output / "train_curve.csv"]
         _track(exp, params, config, weights, scores, [p for p in plots if p.exists()], tmp)
-    print(f"{name}: average mAP {100 * scores['average_mAP']:.2f}")
+    low, high = spread.interval
+    print(f"{name}: average mAP {100 * scores['average_mAP']:.2f} ({100 * spread.level:g}% interval over test videos "
+          f"[{100 * low:.2f}, {100 * high:.2f}], one training seed)")
     return scores
 
 

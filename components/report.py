@@ -161,10 +161,6 @@ def _plot_timeline(row: dict[str, Any], annotations: dict[str, Video], subset: s
     return vid
 
 
-# the report's intervals: `talbench compare`'s defaults, so its numbers can be checked from the command line
-RESAMPLES, SEED, LEVEL = 1000, 0, 0.95
-
-
 def _bootstrap(row: dict[str, Any], exp, annotations) -> None:
     """The experiment's bootstrap over its test videos, and what a paired comparison needs, into `row`."""
     from talbench.eval.inputs import ground_truth, parse_predictions
@@ -176,7 +172,7 @@ def _bootstrap(row: dict[str, Any], exp, annotations) -> None:
                                  num_classes=spec.tasks[exp.experiment.task].num_classes)
     row["truth"], row["parsed"], row["tious"] = truth, preds, spec.tiou_thresholds()
     row["test_set"] = (exp.config["dataset"]["json_file"], exp.config["val_split"][0])
-    row["bootstrap"] = bootstrap(truth, preds, row["tious"], resamples=RESAMPLES, seed=SEED, level=LEVEL)
+    row["bootstrap"] = bootstrap(truth, preds, row["tious"])  # `talbench compare`'s defaults: checkable from the command line
 
 
 def _comparisons(group: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
@@ -189,8 +185,7 @@ def _comparisons(group: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
         best = max(same, key=lambda row: row["metrics"]["average_mAP"])
         for row in same:
             if row is not best:
-                result = paired_bootstrap(row["truth"], row["parsed"], best["truth"], best["parsed"], row["tious"],
-                                          resamples=RESAMPLES, seed=SEED, level=LEVEL)
+                result = paired_bootstrap(row["truth"], row["parsed"], best["truth"], best["parsed"], row["tious"])
                 out.append((row["name"], best["name"], result))
     return out
 
@@ -253,6 +248,8 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
                   f"`{(params.get('synthetic') or {}).get('seed')}`). Published numbers are for the real datasets and are shown for orientation only.", ""]
     else:
         lines += ["Data: the real datasets.", ""]
+    from talbench.eval.statistics import LEVEL, RESAMPLES, SEED
+
     level = f"{100 * LEVEL:g}%"
     lines += [f"Each experiment is one training run (a single seed: the spread over seeds is not measured). "
               f"Intervals are {level} bootstrap intervals over the test videos ({RESAMPLES} resamples, seed {SEED}, "

@@ -60,7 +60,9 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
     for name in EXPERIMENTS:
         metrics = json.loads((project / "outputs" / name / "metrics.json").read_text())
         assert set(metrics) == {"average_mAP", "mAP", "recall"}  # a readable `dvc metrics show`
-        assert "AP_per_class" in json.loads((project / "outputs" / name / "scores.json").read_text())
+        scores = json.loads((project / "outputs" / name / "scores.json").read_text())
+        assert "AP_per_class" in scores and scores["interval"]["resamples"] == 1000
+        assert set(scores["interval"]["mAP"]) == set(scores["mAP"])
     html = (project / "reports/benchmark/benchmark.html").read_text()
     assert "thumos14-i3d" in html and "data:image/png;base64," in html and "published, real data" in html
     assert (project / "reports/validation/thumos14/data_docs/index.html").exists()
@@ -212,6 +214,8 @@ def _check_mlflow(project):
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
     for run in runs:
         assert "average_mAP" in run.data.metrics and "opt.learning_rate" in run.data.params
+        metrics = run.data.metrics  # the bootstrap interval over test videos, beside the number
+        assert metrics["average_mAP_low"] <= metrics["average_mAP_high"] and "mAP_at_0.50_low" in metrics
         # the data's version from the MANIFEST.json fetch writes: the twin archive's md5
         dataset = run.data.tags["dataset"]
         assert run.data.tags["data_hash"] == yaml.safe_load((project / "params.yaml").read_text())["synthetic"]["md5"][dataset]["ci"]

@@ -376,3 +376,16 @@ experiment_run(parent, sys.argv[1])
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("talbench").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["exp0", "exp1", "exp2", "exp3", "together"]
+
+
+def test_score_metrics_carry_the_bootstrap_intervals() -> None:
+    from talbench.tracking.mlflow_tracking import score_metrics
+
+    scores = {"mAP": {"mAP@0.50": 0.4}, "average_mAP": 0.4, "recall": {"R@1x@0.50": 0.5},
+              "interval": {"level": 0.95, "resamples": 1000, "seed": 0, "average_mAP": [0.3, 0.45],
+                           "mAP": {"mAP@0.50": [0.31, 0.46]}}}
+    assert score_metrics(scores) == {"mAP_at_0.50": 0.4, "R_at_1x_at_0.50": 0.5, "average_mAP": 0.4,
+                                     "average_mAP_low": 0.3, "average_mAP_high": 0.45,
+                                     "mAP_at_0.50_low": 0.31, "mAP_at_0.50_high": 0.46}
+    del scores["interval"]
+    assert "average_mAP_low" not in score_metrics(scores)  # scores written before evaluate bootstrapped

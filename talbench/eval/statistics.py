@@ -303,6 +303,8 @@ def replicate_mAP(
 
 
 MAP_RANGE = (0.0, 1.0)
+# the defaults of every interval talbench reports (evaluate, the report, `talbench compare`)
+RESAMPLES, SEED, LEVEL = 1000, 0, 0.95
 
 
 def _check_level(level: float) -> None:
@@ -369,7 +371,7 @@ def _bootstrap(
 
 def bootstrap(
     gt: GroundTruth, preds: Predictions, tious: Sequence[float] | np.ndarray,
-    *, resamples: int = 1000, seed: int = 0, level: float = 0.95,
+    *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
 ) -> Bootstrap:
     """Basic bootstrap intervals of average mAP and each tIoU's mAP over `resamples` resamples of the test videos."""
     _check_level(level)
@@ -418,7 +420,7 @@ def _aligned(gt_a: GroundTruth, gt_b: GroundTruth) -> np.ndarray:
 
 def paired_bootstrap(
     gt_a: GroundTruth, preds_a: Predictions, gt_b: GroundTruth, preds_b: Predictions,
-    tious: Sequence[float] | np.ndarray, *, resamples: int = 1000, seed: int = 0, level: float = 0.95,
+    tious: Sequence[float] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
 ) -> Comparison:
     """mAP(A) - mAP(B) (average mAP) over the same video resamples for both, its interval and verdict.
 
@@ -518,6 +520,14 @@ def format_comparison(result: Comparison, name_a: str, name_b: str) -> str:
     table = [f"{'':6}  {'avg mAP':>7}  {level + ' interval':>16}"]
     table += [f"{name:6}  {value:>7}  {interval:>16}  {label}".rstrip() for name, value, interval, label in rows]
     return "\n".join([head, *table, f"verdict: {says}"])
+
+
+def interval_record(result: Bootstrap) -> dict:
+    """The intervals of one scored set, for scores.json and MLflow: average mAP and each tIoU's mAP."""
+    keys = _threshold_keys(result.tious)
+    return {"level": result.level, "resamples": int(result.replicate_average.size), "seed": result.seed,
+            "average_mAP": list(result.interval),
+            "mAP": {f"mAP@{k}": [float(low), float(high)] for k, (low, high) in zip(keys, result.mAP_interval)}}
 
 
 def _bootstrap_dict(result: Bootstrap) -> dict:

@@ -286,7 +286,8 @@ def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
     """mAP per tIoU, average mAP and Recall@KxN from `talbench score` output, with MLflow names.
 
     {"mAP": {"mAP@0.30": ..}, "average_mAP": .., "recall": {"R@1x@0.50": ..}} ->
-    {"mAP_at_0.30": .., "average_mAP": .., "R_at_1x_at_0.50": ..}; AP per class is left out.
+    {"mAP_at_0.30": .., "average_mAP": .., "R_at_1x_at_0.50": ..}; AP per class is left out. The
+    bootstrap intervals (`interval`, from evaluate) become `<name>_low` and `<name>_high`.
     """
     out: dict[str, float] = {}
     for group in ("mAP", "recall"):
@@ -294,6 +295,12 @@ def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
             out[metric_name(key)] = float(value)
     if "average_mAP" in scores:
         out["average_mAP"] = float(scores["average_mAP"])
+    interval = scores.get("interval") or {}  # evaluate's bootstrap over test videos
+    named = {"average_mAP": interval.get("average_mAP"),
+             **{metric_name(k): v for k, v in (interval.get("mAP") or {}).items()}}
+    for name, bounds in named.items():
+        if bounds is not None:
+            out[f"{name}_low"], out[f"{name}_high"] = (float(b) for b in bounds)
     return out
 
 

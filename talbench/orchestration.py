@@ -54,7 +54,7 @@ class _StandInFailException(Exception):
     """AirflowFailException where Airflow is not installed: the runner stays usable and testable."""
 
 
-def _fail_exception() -> type[Exception]:
+def fail_exception() -> type[Exception]:
     try:
         from airflow.sdk.exceptions import AirflowFailException
     except ImportError:
@@ -79,7 +79,7 @@ def refused_as_failure() -> Iterator[None]:
     try:
         yield
     except (ValueError, InputError) as exc:
-        raise _fail_exception()(f"error: {exc}") from None
+        raise fail_exception()(f"error: {exc}") from None
 
 
 # ---------------------------------------------------------------- params and the stage graph
@@ -282,7 +282,7 @@ def run_command(argv: list[str], cwd: str | Path, env: Mapping[str, str] | None 
     if rc == 0:
         return
     if rc in REFUSED:
-        refused = _fail_exception()(error_line or f"{shlex.join(argv)}: exit {rc} ({REFUSED[rc]})")
+        refused = fail_exception()(error_line or f"{shlex.join(argv)}: exit {rc} ({REFUSED[rc]})")
         refused.returncode = rc  # type: ignore[attr-defined]  # a container entry point exits with it
         raise refused
     raise StageFailed(f"{shlex.join(argv)}: exit {rc}{': ' + error_line if error_line else ''}")
@@ -303,7 +303,7 @@ def run_stage(workspace: str | Path, name: str, *, try_number: int = 1, python: 
     workspace = Path(workspace)
     graph = {stage.name: stage for stage in workspace_graph(workspace)}
     if name not in graph:
-        raise _fail_exception()(f"{workspace / SNAPSHOT}: no stage {name!r} (stages: {', '.join(graph)})")
+        raise fail_exception()(f"{workspace / SNAPSHOT}: no stage {name!r} (stages: {', '.join(graph)})")
     stage = graph[name]
     cache = workspace.parent / CACHE
     key = stage_cache.stage_key(stage, workspace, project, read_yaml_mapping(workspace / "params.yaml")) if stage.reuse else None

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from talbench.errors import InputError, exit_status
-from talbench.orchestration import LINKED, PROJECT, REFUSED, StageFailed, run_stage, stage_env
+from talbench.orchestration import LINKED, PROJECT, REFUSED, StageFailed, fail_exception, run_stage, stage_env
 from talbench.schema import Natural, Problem, Strict, Text, check
 
 if TYPE_CHECKING:
@@ -174,10 +174,7 @@ def run_entry(workspace: Path, name: str, try_number: int = 1) -> int:
     except StageFailed as exc:
         print(f"talbench.runners: {exc}", file=sys.stderr, flush=True)
         return 1
-    except Exception as exc:
-        # orchestration raises Airflow's AirflowFailException, or a stand-in of that name without Airflow
-        if type(exc).__name__ != "AirflowFailException":
-            raise
+    except fail_exception() as exc:  # Airflow's AirflowFailException, or the stand-in where Airflow is not installed
         if str(exc) != last_error:  # the stage's own error line is in the log already
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return getattr(exc, "returncode", 2)

@@ -44,6 +44,13 @@ def _read_json(path: Path, item: str) -> Any:
         raise InputError(path, item, "-", f"not valid JSON ({exc})") from None
 
 
+def _scores(path: Path, item: str) -> dict[str, Any]:
+    scores = _read_json(path, item)
+    if "interval" not in scores:
+        raise InputError(path, item, "interval", "no bootstrap interval: written by an older evaluate stage, run it again (dvc repro)")
+    return scores
+
+
 def _read_precision_recall(path: Path, item: str) -> tuple[list[float], dict[str, list[float]]]:
     from talbench.plots import read_precision_recall
 
@@ -76,7 +83,7 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
         rows.append({
             "name": name,
             "dataset": entry["dataset"],
-            "metrics": _read_json(folder / "scores.json", name),
+            "metrics": _scores(folder / "scores.json", name),
             "precision_recall": _read_precision_recall(folder / "pr_curve.csv", name),
             "predictions": _read_json(folder / "predictions.json", name)["results"],
             "history": _read_history(folder / "train" / "metrics.jsonl", name),
@@ -161,10 +168,10 @@ def _plot_timeline(row: dict[str, Any], annotations: dict[str, Video], subset: s
     return vid
 
 
-def _bootstrap(row: dict[str, Any], exp, annotations) -> None:
-    """The experiment's bootstrap over its test videos, and what a paired comparison needs, into `row`."""
+def _test_set(row: dict[str, Any], exp, annotations) -> None:
+    """What a paired comparison of the experiment needs, into `row`: its test videos, parsed ground
+    truth and predictions, and the dataset's thresholds."""
     from talbench.eval.inputs import ground_truth, parse_predictions
-    from talbench.eval.statistics import bootstrap
 
     spec = exp.experiment.dataset
     truth = ground_truth(annotations, exp.config["val_split"][0])
@@ -172,7 +179,6 @@ def _bootstrap(row: dict[str, Any], exp, annotations) -> None:
                                  num_classes=spec.tasks[exp.experiment.task].num_classes)
     row["truth"], row["parsed"], row["tious"] = truth, preds, spec.tiou_thresholds()
     row["test_set"] = (exp.config["dataset"]["json_file"], exp.config["val_split"][0])
-    row["bootstrap"] = bootstrap(truth, preds, row["tious"])  # `talbench compare`'s defaults: checkable from the command line
 
 
 def _comparisons(group: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
@@ -210,7 +216,7 @@ def write_report(params_path: Path | None, outputs: Path, validation_dir: Path, 
         for row in rows:
             exp = resolve_experiment(row["name"], params_path, outputs)
             annotations = load_annotations(exp.config["dataset"]["json_file"])
-            _bootstrap(row, exp, annotations)
+            _test_set(row, exp, annotations)
             png = tmp / f"timeline_{row['name']}.png"
             vid = _plot_timeline(row, annotations.videos, exp.config["val_split"][0], png)
             if vid:
@@ -264,7 +270,7 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
                   "|---" * (len(tious) + 3) + "|"]
         for row in group:
             m = row["metrics"]
-            low, high = row["bootstrap"].interval
+            low, high = m["interval"]["average_mAP"]  # evaluate's bootstrap, as in MLflow
             lines.append(f"| {row['name']} | " + " | ".join(_fmt(m["mAP"][k]) for k in keys)
                          + f" | **{_fmt(m['average_mAP'])}** | [{_fmt(low)}, {_fmt(high)}] |")
             if row["published"]:

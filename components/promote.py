@@ -51,7 +51,8 @@ def promote_tonight(params_path: Path | None, outputs: Path) -> dict[str, Any]:
     data_version = (params.get("synthetic") or {}).get("version") if (params.get("data") or {}).get("source", "synthetic") == "synthetic" else None
     lineage = {"talbench.data_version": data_version or "base", "talbench.data_hash": data_hash(exp.experiment.dataset.name, exp.data_dir),
                "talbench.run_id": record["run_id"]}
-    decision = promote(nightly.model_name, version, float(scores["average_mAP"]), nightly.margin,
+    reference = (scores.get("per_seed") or {}).get(str(exp.seeds[0]), scores)  # the registered model is this seed's
+    decision = promote(nightly.model_name, version, float(reference["average_mAP"]), nightly.margin,
                        lambda champion: _against(exp, nightly, champion), lineage)
     summary = {**decision.as_dict(), **lineage, "tracking_uri": tracking_uri()}
     write_json(exp.output / "promotion.json", summary)
@@ -90,7 +91,7 @@ def _against(exp, nightly, champion: str):
     scored = _score_version(exp, nightly.model_name, champion)
     spec = exp.experiment.dataset
     annotations = load_annotations(exp.config["dataset"]["json_file"])
-    challenger, _ = load_predictions(exp.output / "predictions.json", annotations,
+    challenger, _ = load_predictions(exp.predictions(exp.seeds[0]), annotations,
                                      num_classes=spec.tasks[exp.experiment.task].num_classes)
     result = paired_bootstrap(scored.truth, challenger, scored.truth, scored.predictions, spec.tiou_thresholds(),
                               resamples=nightly.resamples, seed=0, level=nightly.level)

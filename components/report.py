@@ -2,11 +2,13 @@
 
     python components/report.py [--params params.yaml] [--outputs outputs] [--validation reports/validation] [--out reports/benchmark]
 
-Reads each experiment's scores.json, predictions.json, pr_curve.csv and train/metrics.jsonl, the validation
-results and (when tracked) the MLflow run of each experiment; writes reports/benchmark/benchmark.md,
-reports/benchmark/benchmark.html (plots embedded) and the PNG plots beside them. Every average mAP
-carries its bootstrap interval over the test videos, and the experiments scored on the same test
-videos are compared with the best of them by a paired bootstrap (talbench.eval.statistics).
+Reads each experiment's scores.json, predictions/seed-<n>.json, pr_curve.csv and train_curve.csv, the
+validation results and (when tracked) the MLflow run of each experiment; writes
+reports/benchmark/benchmark.md, reports/benchmark/benchmark.html (plots embedded) and the PNG plots
+beside them. Numbers are means over the training seeds (pipeline.seeds) with their spread, or
+labelled single-seed; every average mAP carries its bootstrap interval over the test videos, and
+the experiments scored on the same test videos are compared with the best of them by a paired
+bootstrap of the seed means (talbench.eval.statistics).
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ def _read_json(path: Path, item: str) -> Any:
         raise InputError(path, item, "-", f"not valid JSON ({exc})") from None
 
 
-def _scores(path: Path, item: str) -> dict[str, Any]:
+def _scores(path: Path, item: str, seeds: list[int]) -> dict[str, Any]:
     scores = _read_json(path, item)
-    if "interval" not in scores:
-        raise InputError(path, item, "interval", "no bootstrap interval: written by an older evaluate stage, run it again (dvc repro)")
+    for key in ("interval", "seeds", "std"):
+        if key not in scores:
+            raise InputError(path, item, key, "written by an older evaluate stage, run it again (dvc repro)")
+    if scores["seeds"] != seeds:
+        raise InputError(path, item, "seeds", f"scored for seeds {scores['seeds']}, params.yaml's pipeline.seeds are "
+                                              f"{seeds}: run the pipeline again (dvc repro)")
     return scores
 
 
@@ -62,13 +68,17 @@ def _read_precision_recall(path: Path, item: str) -> tuple[list[float], dict[str
         raise InputError(path, item, "recall", f"not a precision/recall table ({exc})") from None
 
 
-def _read_history(path: Path, item: str) -> list[dict[str, Any]]:
+def _read_curve(path: Path, item: str) -> list[tuple[int, float]]:
+    """(epoch, final loss averaged over seeds) from train_curve.csv; none when it is missing."""
+    import csv
+
     if not path.exists():
         return []
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, item, "-", f"not a training curve (one JSON object a line: {exc})") from None
+        with open(path, newline="", encoding="utf-8") as f:
+            return [(int(row["epoch"]), float(row["final_loss"])) for row in csv.DictReader(f)]
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(path, item, "final_loss", f"not a training curve (columns epoch, final_loss: {exc})") from None
 
 
 def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -76,6 +86,7 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
     from talbench.io import recover_outputs
 
     _, params = load_params(params_path)
+    seeds = list((params.get("pipeline") or {}).get("seeds") or [0])
     rows = []
     for name, entry in (params.get("experiments") or {}).items():
         folder = outputs / name
@@ -83,10 +94,11 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
         rows.append({
             "name": name,
             "dataset": entry["dataset"],
-            "metrics": _scores(folder / "scores.json", name),
+            "metrics": _scores(folder / "scores.json", name, seeds),
             "precision_recall": _read_precision_recall(folder / "pr_curve.csv", name),
-            "predictions": _read_json(folder / "predictions.json", name)["results"],
-            "history": _read_history(folder / "train" / "metrics.jsonl", name),
+            # per seed, the first (the reference seed) first: its detections are drawn
+            "predictions": [_read_json(folder / "predictions" / f"seed-{seed}.json", name)["results"] for seed in seeds],
+            "history": _read_curve(folder / "train_curve.csv", name),
             "mlflow": _read_json(folder / "mlflow.json", name) if (folder / "mlflow.json").exists() else None,
             "published": (params.get("published") or {}).get(name),
         })
@@ -134,9 +146,9 @@ def _plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in rows:
         if row["history"]:
-            ax.plot([h["epoch"] + 1 for h in row["history"]], [h["final_loss"] for h in row["history"]], label=row["name"])
+            ax.plot([epoch + 1 for epoch, _ in row["history"]], [loss for _, loss in row["history"]], label=row["name"])
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (cls + reg)")
+    ax.set_ylabel("training loss (cls + reg), mean over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -153,7 +165,7 @@ def _plot_timeline(row: dict[str, Any], annotations: dict[str, Video], subset: s
         return None
     vid = max(videos, key=lambda v: len(videos[v].instances))
     gt = videos[vid].instances
-    preds = sorted(row["predictions"].get(vid, []), key=lambda p: -p["score"])[: max(10, len(gt))]
+    preds = sorted(row["predictions"][0].get(vid, []), key=lambda p: -p["score"])[: max(10, len(gt))]
     fig, ax = plt.subplots(figsize=(9, 2.2))
     for a in gt:
         ax.broken_barh([(a.start, a.end - a.start)], (1.1, 0.8), color="tab:green", alpha=0.7)
@@ -175,14 +187,16 @@ def _test_set(row: dict[str, Any], exp, annotations) -> None:
 
     spec = exp.experiment.dataset
     truth = ground_truth(annotations, exp.config["val_split"][0])
-    preds, _ = parse_predictions({"results": row["predictions"]}, annotations, exp.output / "predictions.json",
-                                 num_classes=spec.tasks[exp.experiment.task].num_classes)
-    row["truth"], row["parsed"], row["tious"] = truth, preds, spec.tiou_thresholds()
+    row["parsed"] = [parse_predictions({"results": results}, annotations, exp.predictions(seed),
+                                       num_classes=spec.tasks[exp.experiment.task].num_classes)[0]
+                     for seed, results in zip(exp.seeds, row["predictions"])]
+    row["truth"], row["tious"] = truth, spec.tiou_thresholds()
     row["test_set"] = (exp.config["dataset"]["json_file"], exp.config["val_split"][0])
 
 
 def _comparisons(group: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
-    """Each experiment against the best (by average mAP) of those scored on the same test videos."""
+    """Each experiment against the best (by average mAP) of those scored on the same test videos,
+    seed mean against seed mean."""
     from talbench.eval.statistics import paired_bootstrap
 
     out = []
@@ -257,25 +271,33 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
     from talbench.eval.statistics import LEVEL, RESAMPLES, SEED
 
     level = f"{100 * LEVEL:g}%"
-    lines += [f"Each experiment is one training run (a single seed: the spread over seeds is not measured). "
-              f"Intervals are {level} bootstrap intervals over the test videos ({RESAMPLES} resamples, seed {SEED}, "
-              f"basic bootstrap; `talbench compare` gives the same).", ""]
+    seeds = (params.get("pipeline") or {}).get("seeds") or [0]
+    if len(seeds) > 1:
+        lines += [f"Each experiment is trained with {len(seeds)} seeds (pipeline.seeds: {', '.join(map(str, seeds))}): "
+                  f"its numbers are means over the seeds, ± the standard deviation between seeds."]
+    else:
+        lines += [f"Each experiment is one training run (seed {seeds[0]}): single-seed numbers, the spread over "
+                  f"seeds is not measured (set pipeline.seeds to several seeds)."]
+    lines[-1] += (f" Intervals are {level} bootstrap intervals over the test videos of the seed mean ({RESAMPLES} "
+                  f"resamples, seed {SEED}, basic bootstrap; `talbench compare` gives the same for one seed).")
+    lines += [""]
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_dataset.setdefault(row["dataset"], []).append(row)
     for dataset, group in by_dataset.items():
         keys = list(group[0]["metrics"]["mAP"])
         tious = [k.split("@")[1] for k in keys]
-        lines += [f"## {dataset}", "", "| experiment | " + " | ".join(tious) + f" | avg | avg, {level} interval |",
-                  "|---" * (len(tious) + 3) + "|"]
+        lines += [f"## {dataset}", "", "| experiment | " + " | ".join(tious) + f" | avg | ± std (seeds) | avg, {level} interval |",
+                  "|---" * (len(tious) + 4) + "|"]
         for row in group:
             m = row["metrics"]
             low, high = m["interval"]["average_mAP"]  # evaluate's bootstrap, as in MLflow
+            spread = f"{_fmt(m['std']['average_mAP'])} (n={len(m['seeds'])})" if m["std"] else "single seed"
             lines.append(f"| {row['name']} | " + " | ".join(_fmt(m["mAP"][k]) for k in keys)
-                         + f" | **{_fmt(m['average_mAP'])}** | [{_fmt(low)}, {_fmt(high)}] |")
+                         + f" | **{_fmt(m['average_mAP'])}** | {spread} | [{_fmt(low)}, {_fmt(high)}] |")
             if row["published"]:
                 pub = row["published"]
-                lines.append(f"| {row['name']} (published, real data) | " + " | ".join(str(pub.get(t, pub.get(float(t), "—"))) for t in tious) + f" | {pub.get('avg', '—')} | — |")
+                lines.append(f"| {row['name']} (published, real data) | " + " | ".join(str(pub.get(t, pub.get(float(t), "—"))) for t in tious) + f" | {pub.get('avg', '—')} | — | — |")
         if comparisons := _comparisons(group):
             lines += ["", f"Against the best on the same test videos (paired bootstrap, {level}):", "",
                       f"| experiment | best | difference | {level} interval | verdict |", "|---|---|---|---|---|"]
@@ -291,7 +313,7 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
     lines += ["## Precision/recall (interpolated precision, mean over classes, one line per tIoU)", "",
               "![precision/recall](precision_recall.png)", ""]
     lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
-    lines += ["## Example timelines (green: ground truth, blue: top detections)", ""]
+    lines += ["## Example timelines (green: ground truth, blue: top detections of the first seed)", ""]
     for name, vid, png in timelines:
         lines += [f"**{name}** — {vid}", "", f"![{name}]({png})", ""]
     lines += ["## AP per class (middle threshold)", ""]

@@ -1,13 +1,14 @@
-"""Pipeline stage: train one experiment of params.yaml.
+"""Pipeline stage: train one experiment of params.yaml, once per training seed (pipeline.seeds).
 
     python components/train.py EXPERIMENT [--params params.yaml] [--outputs outputs] [--resume]
 
-Writes outputs/EXPERIMENT/train/ (last.ckpt, config.yaml, metrics.jsonl) and the training curve
-outputs/EXPERIMENT/train_curve.csv (a DVC plot), together and only when training has finished:
-until then the run grows in outputs/EXPERIMENT/.train-partial/ (checkpointed every epoch, which
---resume continues) and the earlier outputs stay as they were. Per-epoch losses go to the
-experiment's MLflow run as they come (MLFLOW_TRACKING_URI, default mlruns/) with the machine's
-CPU, memory and GPU usage (system/*), never stopping training if tracking is slow.
+Writes outputs/EXPERIMENT/train/seed-<n>/ (last.ckpt, config.yaml, metrics.jsonl) for every seed
+and the training curve outputs/EXPERIMENT/train_curve.csv (a DVC plot: the mean over seeds, and
+each seed's final_loss), together and only when every seed has finished: until then the runs grow
+in outputs/EXPERIMENT/.train-partial/ (checkpointed every epoch, which --resume continues; finished
+seeds are kept) and the earlier outputs stay as they were. Per-epoch losses go to each seed's
+MLflow run as they come (MLFLOW_TRACKING_URI, default mlruns/) with the machine's CPU, memory and
+GPU usage (system/*), never stopping training if tracking is slow.
 """
 
 from __future__ import annotations
@@ -34,23 +35,45 @@ WORK = ".train-partial"
 
 
 def _train(args: argparse.Namespace) -> None:
+    import shutil
+
     from talbench.io import recover_outputs, staged_outputs
     from talbench.pipeline import resolve_experiment, tracked_run
-    from talbench.tracking import EpochLogger, system_metrics
+    from talbench.tracking import EpochLogger, seed_run, system_metrics
     from talbench.training import train
 
     exp = resolve_experiment(args.experiment, args.params, args.outputs)
     recover_outputs(exp.output, "train")
     _, run_id = tracked_run(exp.name, args.params)
-    with system_metrics(run_id):
-        summary = train(exp.config, exp.output / WORK, resume=args.resume, overwrite=True, on_epoch=EpochLogger(run_id).log_epoch)
+    work = exp.output / WORK
+    runs = {seed: work / exp.train_dir(seed).name for seed in exp.seeds}
+    for stale in set(work.iterdir() if work.is_dir() else ()) - set(runs.values()):  # seeds no longer asked for
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    histories = {}
+    for seed, folder in runs.items():
+        seed_run_id = seed_run(run_id, seed)
+        with system_metrics(seed_run_id):
+            summary = train(exp.seed_config(seed), folder, resume=args.resume, overwrite=True,
+                            on_epoch=EpochLogger(seed_run_id).log_epoch)
+        histories[seed] = summary["history"]
+        print(f"{exp.name}: seed {seed}: trained {summary['steps']} iterations in {summary['seconds']:.0f} s")
     with staged_outputs(exp.output, "train") as tmp:
-        with open(tmp / "train_curve.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", "step", "lr", "cls_loss", "reg_loss", "final_loss"])
-            writer.writeheader()
-            writer.writerows(summary["history"])
-        (exp.output / WORK).rename(tmp / "train")
-    print(f"{exp.name}: trained {summary['steps']} iterations in {summary['seconds']:.0f} s")
+        _write_curve(tmp / "train_curve.csv", histories)
+        work.rename(tmp / "train")
+
+
+def _write_curve(path: Path, histories: dict[int, list[dict]]) -> None:
+    """Per epoch: the losses and lr averaged over seeds, and each seed's final_loss."""
+    seeds = list(histories)
+    fields = ["epoch", "step", "lr", "cls_loss", "reg_loss", "final_loss"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields + [f"final_loss_seed{s}" for s in seeds])
+        writer.writeheader()
+        for records in zip(*histories.values()):
+            row = {k: records[0][k] for k in ("epoch", "step")}
+            row |= {k: sum(r[k] for r in records) / len(records) for k in fields[2:]}
+            row |= {f"final_loss_seed{s}": r["final_loss"] for s, r in zip(seeds, records)}
+            writer.writerow(row)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,6 +57,16 @@ _EXPERIMENTS = experiment_names(_PARAMS)
             description="Override the recipe's training epochs for every chosen experiment "
                         "(experiments.<name>.overrides.opt.epochs); empty keeps each recipe's own.",
         ),
+        "seeds": Param(
+            list((_PARAMS.get("pipeline") or {}).get("seeds") or [0]),
+            type="array",
+            items={"type": "integer", "minimum": 0},
+            minItems=1,
+            uniqueItems=True,
+            title="Training seeds",
+            description="Train every chosen experiment once per seed (pipeline.seeds); the report and MLflow "
+                        "show the mean ± std over seeds. The first seed's model is the one registered.",
+        ),
         "overrides": Param(
             {},
             type="object",
@@ -96,7 +106,7 @@ def talbench_benchmark():
         params = context["params"]
         with refused_as_failure():  # an unknown experiment (the form refuses it already), bad params
             prepared = prepare(context["run_id"], params["experiments"], epochs=params["epochs"],
-                               scale=params["scale"], overrides=params["overrides"])
+                               seeds=params["seeds"], scale=params["scale"], overrides=params["overrides"])
         print(f"workspace {prepared['workspace']}: stages {prepared['stages']}")
         return prepared["workspace"]
 

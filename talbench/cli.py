@@ -135,34 +135,48 @@ def _protocol(tiou: Optional[str], dataset: Optional[str], params: Optional[Path
     return spec.tiou_thresholds(), max(task.num_classes for task in spec.tasks.values())
 
 
+def _prediction_files(path: Path) -> list[Path]:
+    """A predictions file, or a folder of them (one per training seed: outputs/<experiment>/predictions)."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("*.json"))
+    if not files:
+        raise InputError(path, "-", "predictions", "a folder without prediction files (*.json)")
+    return files
+
+
 def _compared_predictions(paths: tuple[Path, Path], annotations, subset: str, videos: set[str], num_classes: int | None) -> list:
-    """Both prediction files, refused unless they list the same videos, all of them `subset` videos:
-    the paired bootstrap resamples test videos, so each must be one, and scored for both A and B."""
+    """Both sides' prediction sets (a list per side: one per seed), refused unless they all list the same
+    videos, all of them `subset` videos: the paired bootstrap resamples test videos, so each must be
+    one, and scored for every set."""
     from talbench.data.formats import read_json, top_level
     from talbench.eval.inputs import parse_predictions
 
-    listed, loaded = [], []
-    for path in paths:
-        obj = read_json(path)
-        preds, _ = parse_predictions(obj, annotations, path, strict=True, num_classes=num_classes)  # strict: unknown videos are errors
-        results = top_level(obj, path, "results")
-        outside = next((video for video in results if video not in videos), None)
-        if outside is not None:
-            problem = f"not a '{subset}' video of {annotations.path}: the bootstrap resamples the {len(videos)} '{subset}' videos only"
-            raise InputError(path, outside, "video id", problem)
-        listed.append(set(results))
-        loaded.append(preds)
-    only_a, only_b = sorted(listed[0] - listed[1]), sorted(listed[1] - listed[0])
-    if only_a or only_b:
-        video, where = (only_a[0], f"listed in {paths[0]} but not here") if only_a else (only_b[0], f"not listed in {paths[0]}")
-        raise InputError(paths[1], video, "video id", f"{where}: A and B must be scored on the same test videos")
+    first, loaded = None, []
+    for side in paths:
+        sets = []
+        for path in _prediction_files(side):
+            obj = read_json(path)
+            preds, _ = parse_predictions(obj, annotations, path, strict=True, num_classes=num_classes)  # strict: unknown videos are errors
+            results = top_level(obj, path, "results")
+            outside = next((video for video in results if video not in videos), None)
+            if outside is not None:
+                problem = f"not a '{subset}' video of {annotations.path}: the bootstrap resamples the {len(videos)} '{subset}' videos only"
+                raise InputError(path, outside, "video id", problem)
+            first = first or (path, set(results))
+            only_first, only_here = sorted(first[1] - set(results)), sorted(set(results) - first[1])
+            if only_first or only_here:
+                video, where = (only_first[0], f"listed in {first[0]} but not here") if only_first else (only_here[0], f"not listed in {first[0]}")
+                raise InputError(path, video, "video id", f"{where}: A and B must be scored on the same test videos")
+            sets.append(preds)
+        loaded.append(sets)
     return loaded
 
 
 @app.command()
 def compare(
-    a: Annotated[Path, typer.Argument(metavar="A.json", help="Predictions A (ActivityNet results JSON), e.g. outputs/<experiment>/predictions.json.")],
-    b: Annotated[Path, typer.Argument(metavar="B.json", help="Predictions B, on the same test videos.")],
+    a: Annotated[Path, typer.Argument(metavar="A", help="Predictions A (ActivityNet results JSON), or a folder of them, one per training seed (outputs/<experiment>/predictions): then A is their seed mean.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="Predictions B (a file or a folder), on the same test videos.")],
     gt: Annotated[Path, typer.Option("--gt", help="Ground truth (annotation file) both are scored against.")],
     subset: Annotated[str, typer.Option(help="Subset of the annotations: the test videos resampled (case-insensitive).")] = "test",
     tious: Annotated[Optional[str], typer.Option("--tious", "--tiou", help="Thresholds: '0.3,0.5,0.7' or '0.3:0.7:5' (default ActivityNet's 0.5:0.95:10).")] = None,
@@ -173,7 +187,7 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(help="Write the comparison JSON here (atomically).")] = None,
     params: ParamsOption = None,
 ) -> None:
-    """Paired bootstrap over test videos: is A's average mAP better than B's, worse, or not distinguishable?"""
+    """Paired bootstrap over test videos: is A's average mAP (or seed mean) better than B's, worse, or not distinguishable?"""
     from talbench.eval.inputs import ground_truth, load_annotations
     from talbench.eval.statistics import comparison_to_dict, format_comparison, paired_bootstrap
     from talbench.io import check_output_file, write_json

@@ -148,7 +148,7 @@ def score_experiment(exp: PipelineExperiment, config: dict[str, Any], weights: d
         raise InputError(config["dataset"]["json_file"], exp.name, "ext_score_file", problem)
     results = predict(config, weights, dataset, pick_device(None, init_distributed()), source=source)
     annotations, spec = dataset.annotations, exp.experiment.dataset
-    preds, warnings = parse_predictions(results, annotations, exp.output / "predictions.json",
+    preds, warnings = parse_predictions(results, annotations, exp.predictions(int(config["init_rand_seed"])),
                                         num_classes=spec.tasks[exp.experiment.task].num_classes)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)

@@ -86,9 +86,11 @@ def refused_as_failure() -> Iterator[None]:
 
 
 def narrow_params(params: Mapping[str, Any], experiments: Iterable[str], *, epochs: int | None = None,
-                  scale: str | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                  scale: str | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                  seeds: Iterable[int] | None = None) -> dict[str, Any]:
     """params.yaml for a run of `experiments` only: their entries (in params.yaml's order), their
-    datasets as `pipeline.datasets`, `synthetic.scale` when `scale` is given. `overrides`
+    datasets as `pipeline.datasets`, `synthetic.scale` when `scale` is given, `pipeline.seeds` when
+    `seeds` are given. `overrides`
     (`{section: {key: value}}`, e.g. `{"model": {"embd_dim": 64}}`) and then `epochs` (as
     `opt.epochs`) are merged into each experiment's `overrides`, where the stages check them like
     any override in params.yaml. Everything else is kept as it is."""
@@ -110,6 +112,8 @@ def narrow_params(params: Mapping[str, Any], experiments: Iterable[str], *, epoc
             entry.setdefault("overrides", {}).setdefault(section, {}).update(copy.deepcopy(values))
     out["pipeline"] = {**(out.get("pipeline") or {}),
                        "datasets": list(dict.fromkeys(e["dataset"] for e in out["experiments"].values()))}
+    if seeds is not None:
+        out["pipeline"]["seeds"] = [int(seed) for seed in seeds]
     if scale is not None:
         out["synthetic"] = {**(out.get("synthetic") or {}), "scale": scale}
     if isinstance(out.get("published"), dict):
@@ -123,12 +127,15 @@ def nightly_params(params: Mapping[str, Any], data_version: str | None, *, epoch
                    overrides: Mapping[str, Mapping[str, Any]] | None = None, margin: float | None = None) -> dict[str, Any]:
     """params.yaml for one night: the production experiment (`nightly.experiment`) only, on data
     version `data_version` (for the synthetic twins, `synthetic.version`: more training videos, the
-    same test split; real data is whatever its fetch gives), with the night's overrides."""
+    same test split; real data is whatever its fetch gives), with the night's overrides. One
+    training seed, the first of pipeline.seeds: the challenger is one model, and the promotion's
+    paired bootstrap weighs it against the champion on the same test videos."""
     nightly = params.get("nightly")
     if not isinstance(nightly, Mapping) or not nightly.get("experiment"):
         raise ValueError("params.yaml has no nightly.experiment: name the production experiment there")
     out = narrow_params(params, [nightly["experiment"]], epochs=epochs, overrides=overrides)
     out["nightly"] = {**nightly, **({} if margin is None else {"margin": float(margin)})}
+    out["pipeline"]["seeds"] = list((out["pipeline"].get("seeds") or [0])[:1])
     if data_version is not None and (out.get("data") or {}).get("source", "synthetic") == "synthetic":
         out["synthetic"] = {**(out.get("synthetic") or {}), "version": data_version}
     return out
@@ -221,10 +228,11 @@ def workspace_graph(workspace: str | Path) -> list[Stage]:
 
 
 def prepare(run_id: str, experiments: Iterable[str], *, epochs: int | None = None, scale: str | None = None,
-            overrides: Mapping[str, Mapping[str, Any]] | None = None, project: Path = PROJECT,
-            env: Mapping[str, str] | None = None) -> dict[str, Any]:
+            overrides: Mapping[str, Mapping[str, Any]] | None = None, seeds: Iterable[int] | None = None,
+            project: Path = PROJECT, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Make the run's workspace; return its path and the names of its stages, by kind (what the DAG maps over)."""
-    params = narrow_params(read_yaml_mapping(project / "params.yaml"), experiments, epochs=epochs, scale=scale, overrides=overrides)
+    params = narrow_params(read_yaml_mapping(project / "params.yaml"), experiments, epochs=epochs, scale=scale,
+                           overrides=overrides, seeds=seeds)
     workspace = make_workspace(workspaces_root(env, project) / workspace_name(run_id), params, project)
     stages: dict[str, list[str]] = {}
     for stage in workspace_graph(workspace):

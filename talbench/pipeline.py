@@ -22,9 +22,20 @@ from talbench.errors import InputError
 class PipelineExperiment:
     name: str
     experiment: Experiment
-    config: dict[str, Any]
+    config: dict[str, Any]  # the recipe with the data resolved; seed_config() sets a training seed
     data_dir: Path
     output: Path
+    seeds: tuple[int, ...] = (0,)  # pipeline.seeds: one training run each, the first is the reference
+
+    def seed_config(self, seed: int) -> dict[str, Any]:
+        """The config of the training run with seed `seed` (its init_rand_seed)."""
+        return {**self.config, "init_rand_seed": int(seed)}
+
+    def train_dir(self, seed: int) -> Path:
+        return self.output / "train" / f"seed-{seed}"
+
+    def predictions(self, seed: int) -> Path:
+        return self.output / "predictions" / f"seed-{seed}.json"
 
 
 def experiment_names(params: dict[str, Any]) -> list[str]:
@@ -53,7 +64,8 @@ def resolve_experiment(name: str, params_path: str | Path | None = None, outputs
     if config["dataset"]["num_classes"] != 1:  # 1: class-agnostic training (ActivityNet), kept
         config["dataset"]["num_classes"] = experiment.dataset.tasks[experiment.task].num_classes
         config = finalize(config)
-    return PipelineExperiment(name, experiment, config, data_dir, Path(outputs) / name)
+    seeds = tuple((params.get("pipeline") or {}).get("seeds") or (0,))
+    return PipelineExperiment(name, experiment, config, data_dir, Path(outputs) / name, seeds)
 
 
 def _check_override_keys(path: Path, name: str, overrides: dict[str, dict[str, Any]]) -> None:

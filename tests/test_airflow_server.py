@@ -33,7 +33,7 @@ DAG = "talbench_benchmark"
 # the cheapest pair of experiments of one dataset: one fetch and one validate, two mapped trainings.
 # One epoch without warm-up epochs and a shorter NMS keep a run near a minute and a half on 2 cores.
 EXPERIMENTS = ["ego4d_mq-slowfast", "ego4d_mq-omnivore"]
-CONF = {"experiments": EXPERIMENTS, "epochs": 1,
+CONF = {"experiments": EXPERIMENTS, "epochs": 1, "seeds": [0],
         "overrides": {"opt": {"warmup_epochs": 0}, "test_cfg": {"pre_nms_topk": 500, "max_seg_num": 100}}}
 RUN_TIMEOUT = 300
 
@@ -199,8 +199,8 @@ def test_two_benchmarks_and_a_night_at_once_do_not_fight(server, first_run, work
     """Different params in parallel: no lock errors, each run's outputs its own, the registry consistent."""
     call(server, "PATCH", "/api/v2/dags/talbench_nightly", {"is_paused": False})
     quick = CONF["overrides"]
-    runs = [(DAG, trigger(server, {"experiments": ["ego4d_mq-egovlp"], "epochs": 1, "overrides": quick})),
-            (DAG, trigger(server, {"experiments": ["ego4d_mq-egovlp"], "epochs": 2, "overrides": quick})),
+    runs = [(DAG, trigger(server, {"experiments": ["ego4d_mq-egovlp"], "epochs": 1, "seeds": [0], "overrides": quick})),
+            (DAG, trigger(server, {"experiments": ["ego4d_mq-egovlp"], "epochs": 2, "seeds": [0], "overrides": quick})),
             ("talbench_nightly", trigger(server, {"epochs": 1, "overrides": {"opt": {"warmup_epochs": 0}},
                                                   "data_version": "2026-12-01"}, "talbench_nightly"))]
     for dag, run_id in runs:

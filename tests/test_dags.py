@@ -66,7 +66,7 @@ print(json.dumps({
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
-    assert info["params"] == ["epochs", "experiments", "overrides", "runner", "scale"]
+    assert info["params"] == ["epochs", "experiments", "overrides", "runner", "scale", "seeds"]
     up = info["upstream"]
     # one task per kind of stage, ordered by the stage graph's inputs and outputs
     graph = stage_graph(read_yaml_mapping(ROOT / "params.yaml"), ROOT / "dvc.yaml")
@@ -122,7 +122,7 @@ def test_commands_for_chosen_experiments_are_the_stage_graphs(tmp_path, monkeypa
     wanted += [s for s in full if s.item is None]
     expected = {s.name: s for s in wanted}
 
-    prepared = prepare("manual__2026-12-01T01:58:00.123+00:00", CHOSEN, epochs=1, project=ROOT,
+    prepared = prepare("manual__2026-12-01T01:58:00.123+00:00", CHOSEN, epochs=1, seeds=[3, 1], project=ROOT,
                        env={"TALBENCH_WORKSPACES": str(tmp_path)})
     workspace = Path(prepared["workspace"])
     assert workspace == tmp_path / "manual__2026-12-01T01-58-00.123-00-00"
@@ -150,7 +150,7 @@ def test_commands_for_chosen_experiments_are_the_stage_graphs(tmp_path, monkeypa
     # the workspace: its own params (narrowed, with the override), the project's code and configs
     params = read_yaml_mapping(workspace / "params.yaml")
     assert list(params["experiments"]) == [n for n in project_params["experiments"] if n in CHOSEN]
-    assert params["pipeline"]["datasets"] == ["thumos14", "ego4d_mq"]
+    assert params["pipeline"]["datasets"] == ["thumos14", "ego4d_mq"] and params["pipeline"]["seeds"] == [3, 1]
     assert all(e["overrides"]["opt"]["epochs"] == 1 for e in params["experiments"].values())
     assert params["datasets"] == project_params["datasets"]
     for linked in ("components", "configs"):
@@ -188,10 +188,12 @@ from airflow.sdk.exceptions import ParamValidationError
 from airflow.dag_processing.dagbag import DagBag
 dag = DagBag(dag_folder={str(ROOT / "dags")!r}).dags["talbench_benchmark"]
 out = {{}}
-for name, conf in [("ok", {{"experiments": ["thumos14-i3d"], "epochs": 1}}), ("unknown", {{"experiments": ["nope"]}}),
+preset = json.load(open({str(ROOT / "configs/runs/ego4d_ranking.json")!r}))  # a documented run preset
+for name, conf in [("ok", {{"experiments": ["thumos14-i3d"], "epochs": 1}}), ("preset", preset), ("unknown", {{"experiments": ["nope"]}}),
                    ("epochs", {{"experiments": ["thumos14-i3d"], "epochs": 0}}), ("runner", {{"runner": "podman"}}),
                    ("scale", {{"scale": "huge"}}), ("empty", {{"experiments": []}}),
-                   ("overrides", {{"overrides": {{"opt": 3}}}})]:
+                   ("overrides", {{"overrides": {{"opt": 3}}}}), ("seeds", {{"seeds": [0, 0]}}),
+                   ("seed", {{"seeds": [-1]}}), ("no seeds", {{"seeds": []}})]:
     try:
         params = copy.deepcopy(dag.params)
         params.update(conf)
@@ -205,7 +207,7 @@ print(json.dumps(out))
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out.pop("ok") == "ok"
+    assert out.pop("ok") == "ok" and out.pop("preset") == "ok"
     assert "nope" in out["unknown"]
     assert all(v.startswith("refused") for v in out.values()), out
 
@@ -256,8 +258,8 @@ def airflow_home(tmp_path_factory):
 @pytest.mark.slow
 def test_dags_test_runs_one_experiment_end_to_end(airflow_home, tmp_path):
     workspaces = tmp_path / "workspaces"
-    # small: one epoch and no warm-up epochs (ActionFormer trains warmup_epochs + epochs)
-    conf = {"experiments": ["thumos14-i3d"], "epochs": 1, "overrides": {"opt": {"warmup_epochs": 0}}}
+    # small: one epoch and no warm-up epochs (ActionFormer trains warmup_epochs + epochs), two seeds
+    conf = {"experiments": ["thumos14-i3d"], "epochs": 1, "seeds": [0, 1], "overrides": {"opt": {"warmup_epochs": 0}}}
     done = subprocess.run([AIRFLOW, "dags", "test", "talbench_benchmark", "-c", json.dumps(conf)],
                           env=airflow_env(airflow_home, workspaces), capture_output=True, text=True, timeout=400, cwd=tmp_path)
     log = done.stdout + done.stderr
@@ -269,12 +271,12 @@ def test_dags_test_runs_one_experiment_end_to_end(airflow_home, tmp_path):
     stored = [json.loads(p.read_text())["stage"] for p in (workspaces / orchestration.CACHE).glob("*/*/stage.json")]
     assert sorted(stored) == ["fetch@thumos14", "train@thumos14-i3d", "validate@thumos14"]
     metrics = json.loads((workspace / "outputs" / "thumos14-i3d" / "metrics.json").read_text())
-    assert 0.0 <= metrics["average_mAP"] <= 1.0
+    assert 0.0 <= metrics["average_mAP"] <= 1.0 and metrics["seeds"] == 2
     assert (workspace / "reports" / "benchmark" / "benchmark.html").is_file()
     assert (workspace / "reports" / "validation" / "thumos14" / "validation.json").is_file()
     assert list((workspace / "data" / "synthetic").iterdir())  # the twin was built in the workspace
     # the trigger's overrides reached the resolved config: one epoch was trained
-    opt = read_yaml_mapping(workspace / "outputs" / "thumos14-i3d" / "train" / "config.yaml")["opt"]
+    opt = read_yaml_mapping(workspace / "outputs" / "thumos14-i3d" / "train" / "seed-1" / "config.yaml")["opt"]
     assert (opt["epochs"], opt["warmup_epochs"]) == (1, 0)
     assert len((workspace / "outputs" / "thumos14-i3d" / "train_curve.csv").read_text().splitlines()) == 2
     with sqlite3.connect(workspace / "mlruns" / "mlflow.db") as db:

@@ -51,6 +51,7 @@ def test_nightly_params_narrow_to_the_production_experiment_on_the_night_s_data(
     assert night["synthetic"]["version"] == "2026-12-02"
     assert night["nightly"]["margin"] == 0.25 and night["nightly"]["experiment"] == PRODUCTION
     assert night["experiments"][PRODUCTION]["overrides"]["opt"]["epochs"] == 1
+    assert night["pipeline"]["seeds"] == PARAMS["pipeline"]["seeds"][:1]  # one challenger model: the first seed's
     assert PARAMS["nightly"]["margin"] != 0.25  # the input is not changed
     without = {k: v for k, v in PARAMS.items() if k != "nightly"}
     with pytest.raises(ValueError, match="nightly.experiment"):
@@ -86,10 +87,11 @@ def test_decide_promotes_the_first_and_then_only_when_the_whole_interval_is_abov
 
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     import mlflow
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(uri, uri)
     experiment = client.create_experiment("nightly", artifact_location=(tmp_path / "artifacts").as_uri())
 
     def new_version(model: str) -> str:

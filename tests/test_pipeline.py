@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("thumos14-i3d", "anet13_tsp-tsp")
+SEEDS = [0, 1]
 
 
 def sh(args, cwd, check=True, timeout=900):
@@ -41,7 +43,7 @@ def project(tmp_path_factory):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["pipeline"]["datasets"] = ["thumos14", "anet13_tsp"]
+    params["pipeline"] |= {"datasets": ["thumos14", "anet13_tsp"], "seeds": SEEDS}
     params["experiments"] = {name: params["experiments"][name] for name in EXPERIMENTS}
     for entry in params["experiments"].values():
         entry["overrides"] = {"opt": {"epochs": 3, "warmup_epochs": 1}}
@@ -59,10 +61,16 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
         assert f"Running stage '{stage}'" in run.stdout
     for name in EXPERIMENTS:
         metrics = json.loads((project / "outputs" / name / "metrics.json").read_text())
-        assert set(metrics) == {"average_mAP", "mAP", "recall"}  # a readable `dvc metrics show`
+        assert set(metrics) == {"average_mAP", "average_mAP_std", "seeds", "mAP", "recall"}  # a readable `dvc metrics show`
         scores = json.loads((project / "outputs" / name / "scores.json").read_text())
         assert "AP_per_class" in scores and scores["interval"]["resamples"] == 1000
         assert set(scores["interval"]["mAP"]) == set(scores["mAP"])
+        # the headline is the mean over the seeds, each seed's own scores beside it
+        assert scores["seeds"] == SEEDS and sorted(scores["per_seed"]) == [str(s) for s in SEEDS]
+        per_seed = [scores["per_seed"][str(s)]["average_mAP"] for s in SEEDS]
+        assert scores["average_mAP"] == pytest.approx(sum(per_seed) / len(SEEDS), abs=1e-12)
+        assert scores["std"]["average_mAP"] == pytest.approx(statistics.stdev(per_seed), abs=1e-12)
+        assert sorted(p.name for p in (project / "outputs" / name / "predictions").iterdir()) == [f"seed-{s}.json" for s in SEEDS]
     html = (project / "reports/benchmark/benchmark.html").read_text()
     assert "thumos14-i3d" in html and "data:image/png;base64," in html and "published, real data" in html
     assert (project / "reports/validation/thumos14/data_docs/index.html").exists()
@@ -79,9 +87,10 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
     assert header == "recall,precision@0.30,precision@0.40,precision@0.50,precision@0.60,precision@0.70"
     markdown = (project / "reports/benchmark/benchmark.md").read_text()
     assert "precision_recall.png" in markdown
-    # every headline number with its interval over test videos, and labelled as one seed
-    assert "| avg | avg, 95% interval |" in markdown and "a single seed" in markdown
+    # every headline number as mean ± std over the seeds, with its interval over test videos
+    assert "| avg | ± std (seeds) | avg, 95% interval |" in markdown and "trained with 2 seeds" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| thumos14-i3d |"))
+    assert "(n=2)" in row
     low, high = (float(x) for x in row.rsplit("[", 1)[1].split("]")[0].split(","))
     assert 0.0 <= low <= high <= 100.0
 
@@ -92,6 +101,20 @@ def test_changing_one_experiment_retrains_only_it(project):
     assert "Running stage 'train@anet13_tsp-tsp'" in run.stdout
     assert "Running stage 'train@thumos14-i3d'" not in run.stdout
     assert "Running stage 'fetch@" not in run.stdout
+
+
+@pytest.mark.slow
+def test_seeds_are_a_param_dvc_exp_run_can_change(project):
+    run = sh(["dvc", "exp", "run", "-S", "pipeline.seeds=[1]"], project)
+    for name in EXPERIMENTS:  # the seeds change what every experiment trains
+        assert f"Running stage 'train@{name}'" in run.stdout
+        scores = json.loads((project / "outputs" / name / "scores.json").read_text())
+        assert scores["seeds"] == [1] and scores["std"] is None
+        assert sorted(p.name for p in (project / "outputs" / name / "train").iterdir()) == ["seed-1"]
+    markdown = (project / "reports/benchmark/benchmark.md").read_text()
+    assert "one training run (seed 1): single-seed numbers" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| thumos14-i3d |"))
+    assert "| single seed |" in row
 
 
 @pytest.mark.slow
@@ -214,14 +237,20 @@ def _check_mlflow(project):
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
     for run in runs:
         assert "average_mAP" in run.data.metrics and "opt.learning_rate" in run.data.params
-        metrics = run.data.metrics  # the bootstrap interval over test videos, beside the number
+        metrics = run.data.metrics  # the bootstrap interval over test videos and the spread over seeds, beside the number
         assert metrics["average_mAP_low"] <= metrics["average_mAP_high"] and "mAP_at_0.50_low" in metrics
+        assert metrics["seeds"] == len(SEEDS) and metrics["average_mAP_std"] >= 0 and "mAP_at_0.50_std" in metrics
+        assert run.data.tags["seeds"] == "0,1" and run.data.tags["model_seed"] == "0"
         # the data's version from the MANIFEST.json fetch writes: the twin archive's md5
         dataset = run.data.tags["dataset"]
         assert run.data.tags["data_hash"] == yaml.safe_load((project / "params.yaml").read_text())["synthetic"]["md5"][dataset]["ci"]
-        assert len(client.get_metric_history(run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
+        seed_runs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        assert sorted(r.data.tags["seed"] for r in seed_runs) == [str(s) for s in SEEDS]
+        for seed_run in seed_runs:  # each seed's curve, machine usage and own scores
+            assert len(client.get_metric_history(seed_run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
+            assert client.get_metric_history(seed_run.info.run_id, "system/cpu_utilization_percentage")
+            assert "average_mAP_low" in seed_run.data.metrics and "seeds" not in seed_run.data.metrics
         assert client.search_model_versions(f"name='talbench-{run.data.tags['experiment']}'")
-        assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/pr_curve.csv", "plots/pr_curve.png", "plots/map_vs_tiou.csv", "plots/train_curve.csv"} <= plots
         assert "scores.json" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -53,7 +53,7 @@ def context(task_id: str = "fetch") -> dict:
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     """A run's workspace for one experiment, as the DAG's first task makes it."""
-    return Path(prepare("manual__1", ["thumos14-i3d"], epochs=1, env={"TALBENCH_WORKSPACES": str(tmp_path / "ws")})["workspace"])
+    return Path(prepare("manual__1", ["thumos14-i3d"], epochs=1, seeds=[0], env={"TALBENCH_WORKSPACES": str(tmp_path / "ws")})["workspace"])
 
 
 def entry(workspace: Path, name: str, *extra: str) -> subprocess.CompletedProcess:

@@ -76,7 +76,7 @@ def test_a_second_identical_run_reuses_fetch_and_validate_and_a_changed_param_do
     env = {"TALBENCH_WORKSPACES": str(tmp_path)}
     runs = {}
     for run_id, scale in (("first", None), ("second", None), ("third", "small")):
-        workspace = Path(prepare(run_id, ["thumos14-i3d"], scale=scale, project=ROOT, env=env)["workspace"])
+        workspace = Path(prepare(run_id, ["thumos14-i3d"], scale=scale, seeds=[0], project=ROOT, env=env)["workspace"])
         lines: list[str] = []
         runs[run_id] = [run_stage(workspace, name, emit=lines.append)["reused"] for name in ("fetch@thumos14", "validate@thumos14")]
         if run_id == "second":

@@ -28,7 +28,8 @@ from talbench.io import recover_outputs
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "thumos14-i3d"
 TINY = {"model": {"embd_dim": 32, "fpn_dim": 32, "head_dim": 32}, "opt": {"epochs": 2, "warmup_epochs": 1}}
-EVALUATE_OUTPUTS = ("predictions.json", "scores.json", "metrics.json", "map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "mlflow.json")
+SEEDS = [0, 1]  # two training seeds: a stage's outputs span several runs
+EVALUATE_OUTPUTS = (*(f"predictions/seed-{s}.json" for s in SEEDS), "scores.json", "metrics.json", "map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "mlflow.json")
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def project(registry, tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     entry = params["experiments"][EXPERIMENT] | {"config": str(ROOT / "configs/ci/thumos_i3d.yaml"), "overrides": TINY}
     params["experiments"] = {EXPERIMENT: entry}
-    params["pipeline"]["datasets"] = ["thumos14"]
+    params["pipeline"] |= {"datasets": ["thumos14"], "seeds": SEEDS}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = stage(root, "train", EXPERIMENT)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -98,7 +99,7 @@ def _free_port() -> int:
 def test_score_out_naming_an_experiment_folder_removes_nothing(project, evaluated):
     folder = project / "outputs" / EXPERIMENT
     annotations = project / "data/synthetic/thumos14/thumos/annotations/thumos14.json"
-    result = talbench(project, "score", "--annotations", str(annotations), "--predictions", str(folder / "predictions.json"),
+    result = talbench(project, "score", "--annotations", str(annotations), "--predictions", str(folder / "predictions" / "seed-0.json"),
                       "--dataset", "thumos14", "--out", str(folder))
     one_error_line(result, 2, str(folder), "field 'out'", "a folder")
     assert snapshot(folder) == evaluated
@@ -106,7 +107,8 @@ def test_score_out_naming_an_experiment_folder_removes_nothing(project, evaluate
 
 def test_infer_out_naming_a_folder_is_refused_before_any_work(project, evaluated):
     folder = project / "outputs" / EXPERIMENT
-    result = talbench(project, "infer", str(folder / "train" / "config.yaml"), str(folder / "train" / "last.ckpt"), "--out", str(folder / "train"))
+    run = folder / "train" / "seed-0"
+    result = talbench(project, "infer", str(run / "config.yaml"), str(run / "last.ckpt"), "--out", str(folder / "train"))
     one_error_line(result, 2, str(folder / "train"), "a folder")
     assert snapshot(folder) == evaluated
 
@@ -134,7 +136,7 @@ def _crafted_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_infer_refuses_a_checkpoint_that_would_run_code(project, tmp_path):
     checkpoint, marker = _crafted_checkpoint(tmp_path)
-    config = project / "outputs" / EXPERIMENT / "train" / "config.yaml"
+    config = project / "outputs" / EXPERIMENT / "train" / "seed-0" / "config.yaml"
     result = talbench(project, "infer", str(config), str(checkpoint), "--out", str(tmp_path / "preds.json"))
     one_error_line(result, 2, str(checkpoint), "refusing to load")
     assert not marker.exists() and not (tmp_path / "preds.json").exists()
@@ -143,7 +145,7 @@ def test_infer_refuses_a_checkpoint_that_would_run_code(project, tmp_path):
 def test_train_resume_refuses_a_checkpoint_that_would_run_code(project, tmp_path):
     checkpoint, marker = _crafted_checkpoint(tmp_path)
     before = snapshot(checkpoint.parent)
-    config = project / "outputs" / EXPERIMENT / "train" / "config.yaml"
+    config = project / "outputs" / EXPERIMENT / "train" / "seed-0" / "config.yaml"
     result = talbench(project, "train", str(config), "--output", str(checkpoint.parent), "--resume")
     one_error_line(result, 2, str(checkpoint), "refusing to load")
     assert not marker.exists() and snapshot(checkpoint.parent) == before
@@ -151,7 +153,7 @@ def test_train_resume_refuses_a_checkpoint_that_would_run_code(project, tmp_path
 
 @pytest.mark.parametrize("damage", ["truncated", "json", "empty", "another_model", "folder"])
 def test_unusable_checkpoints_are_one_line(project, tmp_path, damage):
-    good = project / "outputs" / EXPERIMENT / "train" / "last.ckpt"
+    good = project / "outputs" / EXPERIMENT / "train" / "seed-0" / "last.ckpt"
     config = good.parent / "config.yaml"
     bad = tmp_path / "bad.ckpt"
     if damage == "truncated":
@@ -225,13 +227,14 @@ def test_kill_9_at_any_point_of_evaluate_leaves_the_old_or_the_new_outputs(proje
     points = {
         "starting": lambda proc, err: True,
         "inferring": lambda proc, err: "inference" in err,
-        "writing outputs": _when(staging / "predictions.json"),
+        "writing outputs": _when(staging / "predictions" / "seed-0.json"),
         "tracking": _when(staging / "pr_curve.png"),
         "committing": _when(folder / ".staging-evaluate" / "COMMIT"),
     }
     killed = []
     for point, ready in points.items():
         for name in EVALUATE_OUTPUTS:  # a distinct, complete earlier set
+            (folder / name).parent.mkdir(exist_ok=True)
             (folder / name).write_text(f"old {name}\n")
         old = snapshot(folder)
         if _killed_at(project, ready):
@@ -250,7 +253,7 @@ def test_kill_9_at_any_point_of_evaluate_leaves_the_old_or_the_new_outputs(proje
 
 
 def test_train_into_a_folder_holding_a_run_is_refused(project, tmp_path):
-    run = project / "outputs" / EXPERIMENT / "train"
+    run = project / "outputs" / EXPERIMENT / "train" / "seed-0"
     before = snapshot(run)
     result = talbench(project, "train", str(run / "config.yaml"), "--output", str(run))
     one_error_line(result, 2, str(run), "--resume", "--overwrite")
@@ -261,7 +264,7 @@ def test_train_into_a_folder_holding_a_run_is_refused(project, tmp_path):
 
 
 def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(project, tmp_path):
-    run = project / "outputs" / EXPERIMENT / "train"
+    run = project / "outputs" / EXPERIMENT / "train" / "seed-0"
     out = tmp_path / "new-run"
     # batch size above the number of training videos: found after the config is read, before training
     result = talbench(project, "train", str(run / "config.yaml"), "--output", str(out), "--set", "loader.batch_size=1000")
@@ -271,7 +274,7 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(project, tmp_p
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_one_line(project, tmp_path):
-    run = project / "outputs" / EXPERIMENT / "train"
+    run = project / "outputs" / EXPERIMENT / "train" / "seed-0"
     result = talbench(project, "infer", str(run / "config.yaml"), str(run / "last.ckpt"), "--out", str(tmp_path / "p.json"), "--device", "cuda")
     one_error_line(result, 2, "--device", "CUDA is not available")
     result = talbench(project, "infer", str(run / "config.yaml"), str(run / "last.ckpt"), "--out", str(tmp_path / "p.json"), "--device", "tpu")
@@ -279,7 +282,7 @@ def test_device_cuda_without_cuda_is_one_line(project, tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
-TRAIN_OUTPUTS = ("train/last.ckpt", "train/metrics.jsonl", "train/config.yaml", "train_curve.csv")
+TRAIN_OUTPUTS = (*(f"train/seed-{s}/{f}" for s in SEEDS for f in ("last.ckpt", "metrics.jsonl", "config.yaml")), "train_curve.csv")
 
 
 def _train_outputs(folder: Path) -> dict[str, str]:
@@ -291,7 +294,7 @@ def test_kill_9_at_any_point_of_train_leaves_the_old_or_the_new_run(project):
     new = _train_outputs(folder)  # training is deterministic on one machine: a rerun gives these bytes
     points = {
         "starting": lambda proc, err: True,
-        "training": _when(folder / ".train-partial" / "last.ckpt"),
+        "training": _when(folder / ".train-partial" / "seed-0" / "last.ckpt"),
         "committing": _when(folder / ".staging-train" / "new" / "train_curve.csv"),
     }
     killed = []
@@ -310,21 +313,25 @@ def test_kill_9_at_any_point_of_train_leaves_the_old_or_the_new_run(project):
 
 
 def test_kill_9_while_training_then_resume_finishes_the_run(project):
+    """Killed during the second seed's first epochs: --resume keeps the finished first seed and continues the second."""
     folder = project / "outputs" / EXPERIMENT
     new = _train_outputs(folder)
-    whole = torch.load(folder / "train" / "last.ckpt", weights_only=True)
-    partial = folder / ".train-partial" / "last.ckpt"
+    whole = {seed: torch.load(folder / "train" / f"seed-{seed}" / "last.ckpt", weights_only=True) for seed in SEEDS}
+    partial = folder / ".train-partial" / f"seed-{SEEDS[1]}" / "last.ckpt"
     assert _killed_at(project, _when(partial), "train"), "training ended before it could be killed"
     assert _train_outputs(folder) == new, "a killed training changed the stage's outputs"
     result = stage(project, "train", EXPERIMENT, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(folder / "train" / "last.ckpt", weights_only=True)
-    curve = (folder / "train_curve.csv").read_text().splitlines()[1:]
-    lines = (folder / "train" / "metrics.jsonl").read_text().splitlines()
-    assert len(state["history"]) == len(curve) == len(lines) == 3  # 2 epochs + 1 warm-up, one record each
-    for key in ("model", "ema"):  # the optimizer's bookkeeping may differ in bytes, the weights may not
-        assert all(torch.equal(tensor, state[key][name]) for name, tensor in whole[key].items()), key
-    assert {k: v for k, v in _train_outputs(folder).items() if k != "train/last.ckpt"} == {k: v for k, v in new.items() if k != "train/last.ckpt"}
+    curve = (folder / "train_curve.csv").read_text().splitlines()
+    assert curve[0].endswith("final_loss,final_loss_seed0,final_loss_seed1") and len(curve) == 1 + 3  # 2 epochs + 1 warm-up
+    for seed in SEEDS:
+        state = torch.load(folder / "train" / f"seed-{seed}" / "last.ckpt", weights_only=True)
+        lines = (folder / "train" / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()
+        assert len(state["history"]) == len(lines) == 3
+        for key in ("model", "ema"):  # the optimizer's bookkeeping may differ in bytes, the weights may not
+            assert all(torch.equal(tensor, state[key][name]) for name, tensor in whole[seed][key].items()), (seed, key)
+    checkpoints = {f"train/seed-{s}/last.ckpt" for s in SEEDS}
+    assert {k: v for k, v in _train_outputs(folder).items() if k not in checkpoints} == {k: v for k, v in new.items() if k not in checkpoints}
     assert not (folder / ".train-partial").exists()
 
 
@@ -346,7 +353,7 @@ def small_disk(tmp_path):
 def _score(project: Path, out: Path) -> subprocess.CompletedProcess:
     folder = project / "outputs" / EXPERIMENT
     annotations = project / "data/synthetic/thumos14/thumos/annotations/thumos14.json"
-    return talbench(project, "score", "--annotations", str(annotations), "--predictions", str(folder / "predictions.json"),
+    return talbench(project, "score", "--annotations", str(annotations), "--predictions", str(folder / "predictions" / "seed-0.json"),
                     "--dataset", "thumos14", "--out", str(out))
 
 

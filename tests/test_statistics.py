@@ -20,6 +20,8 @@ from talbench.eval.statistics import (
     paired_bootstrap,
     replicate_mAP,
     resampled,
+    seed_mean,
+    seed_scores,
     verdict,
 )
 
@@ -280,6 +282,51 @@ def test_seeds_on_other_resamples_are_refused(case):
         combine_seeds(runs)
 
 
+def test_the_seed_mean_is_a_bootstrap_of_the_mean_of_the_seeds(case):
+    gt, _ = case
+    runs = [bootstrap(gt, _predictions(gt, np.random.default_rng(s), jitter=0.2), TIOUS, resamples=200, seed=9) for s in range(3)]
+    mean = seed_mean(runs)
+    assert mean.average_mAP == pytest.approx(np.mean([r.average_mAP for r in runs]), abs=1e-15)
+    assert np.allclose(mean.replicate_mAP, np.mean([r.replicate_mAP for r in runs], axis=0), rtol=0, atol=1e-15)
+    assert np.allclose(mean.mAP, np.mean([r.mAP for r in runs], axis=0), rtol=0, atol=1e-15)
+    assert mean.interval == combine_seeds(runs).interval and seed_mean(runs[:1]) is runs[0]
+
+
+def test_paired_comparison_of_seed_means(case):
+    """Seed sets against themselves: difference 0; a set of seeds each strictly better: interval above 0."""
+    gt, _ = case
+    seeds = [_predictions(gt, np.random.default_rng(s), jitter=0.3) for s in range(3)]
+    same = paired_bootstrap(gt, seeds, gt, seeds, TIOUS, resamples=200)
+    assert same.difference == 0.0 and same.interval == (0.0, 0.0) and same.verdict == "not distinguishable"
+    tight = [_predictions(gt, np.random.default_rng(10 + s), jitter=0.02) for s in range(3)]
+    better = paired_bootstrap(gt, tight, gt, seeds, TIOUS, resamples=200)
+    assert better.verdict == "better" and better.interval[0] > 0
+    runs = [bootstrap(gt, p, TIOUS, resamples=200) for p in tight]
+    assert better.a.average_mAP == pytest.approx(np.mean([r.average_mAP for r in runs]), abs=1e-15)
+    assert np.array_equal(better.a.replicate_average, seed_mean(runs).replicate_average)
+
+
+def test_seed_scores_read_like_one_scored_set_with_the_spread_beside(case):
+    gt, _ = case
+    labels = {c: f"class_{c}" for c in range(4)}
+    from talbench.eval.detection import result_to_dict
+
+    per_seed = []
+    for seed in (4, 7):
+        preds = _predictions(gt, np.random.default_rng(seed), jitter=0.2)
+        per_seed.append((seed, result_to_dict(evaluate_detection(gt, preds, TIOUS), labels), bootstrap(gt, preds, TIOUS, resamples=100)))
+    scores = seed_scores(per_seed)
+    (_, a, run_a), (_, b, run_b) = per_seed
+    assert scores["seeds"] == [4, 7] and sorted(scores["per_seed"]) == ["4", "7"]
+    assert scores["average_mAP"] == pytest.approx((a["average_mAP"] + b["average_mAP"]) / 2, abs=1e-15)
+    assert scores["mAP"]["mAP@0.50"] == pytest.approx((a["mAP"]["mAP@0.50"] + b["mAP"]["mAP@0.50"]) / 2, abs=1e-15)
+    assert scores["std"]["average_mAP"] == pytest.approx(np.std([a["average_mAP"], b["average_mAP"]], ddof=1), abs=1e-15)
+    assert scores["per_seed"]["7"]["interval"]["average_mAP"] == list(run_b.interval)
+    assert scores["interval"]["average_mAP"] == list(seed_mean([run_a, run_b]).interval)
+    single = seed_scores(per_seed[:1])
+    assert single["std"] is None and single["average_mAP"] == a["average_mAP"] and single["interval"]["average_mAP"] == list(run_a.interval)
+
+
 # -- talbench compare -----------------------------------------------------------------------------
 
 
@@ -325,6 +372,34 @@ def test_compare_prints_the_table_and_writes_json(tmp_path, case):
 
     same = _compare(paths["a"], paths["a"], "--gt", paths["gt"], "--tious", "0.5", "--resamples", "100")
     assert same.returncode == 0 and same.stdout.splitlines()[-1].startswith("verdict: not distinguishable at the 95% level")
+
+
+def test_compare_takes_folders_of_seeds_as_their_seed_mean(tmp_path, case):
+    """outputs/<experiment>/predictions holds one file per seed: a folder is compared by its seed mean."""
+    paths = _write_case(tmp_path, case)
+    seeds_a, seeds_b = tmp_path / "a-seeds", tmp_path / "b-seeds"
+    for folder, source in ((seeds_a, paths["a"]), (seeds_b, paths["b"])):
+        folder.mkdir()
+        results = json.loads(source.read_text())["results"]
+        for seed in (0, 1):  # the second seed drops each video's last detection: a different set
+            kept = results if seed == 0 else {v: rows[:-1] for v, rows in results.items()}
+            (folder / f"seed-{seed}.json").write_text(json.dumps({"results": kept}))
+    out = tmp_path / "comparison.json"
+    run = _compare(seeds_a, seeds_b, "--gt", paths["gt"], "--tious", "0.5", "--resamples", "200", "--out", out)
+    assert run.returncode == 0, run.stderr
+    saved = json.loads(out.read_text())
+    single = [json.loads(_compare(seeds_a / f"seed-{s}.json", paths["b"], "--gt", paths["gt"], "--tious", "0.5",
+                                  "--resamples", "200", "--out", tmp_path / f"s{s}.json").stdout and (tmp_path / f"s{s}.json").read_text())
+              for s in (0, 1)]
+    assert saved["A"]["average_mAP"] == pytest.approx(np.mean([r["A"]["average_mAP"] for r in single]), abs=1e-15)
+    assert saved["verdict"] == "better"
+    (seeds_b / "seed-1.json").write_text(json.dumps({"results": {}}))
+    refused = _compare(seeds_a, seeds_b, "--gt", paths["gt"], "--resamples", "50")
+    assert refused.returncode == 2 and "seed-1.json" in refused.stderr and "field 'video id'" in refused.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = _compare(empty, seeds_b, "--gt", paths["gt"], "--resamples", "50")
+    assert refused.returncode == 2 and "a folder without prediction files" in refused.stderr
 
 
 @pytest.mark.parametrize(

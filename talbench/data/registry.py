@@ -180,6 +180,17 @@ class SyntheticParams(Strict):
 
 class PipelineParams(Strict):
     datasets: Annotated[list[str], Field(description="a list of registry dataset names")] = []
+    # every experiment is trained once per seed (its init_rand_seed); the first is the reference
+    # seed whose model is registered and whose detections the report draws
+    seeds: Annotated[list[Natural], Field(min_length=1, max_length=100,
+                                          description="a list of distinct training seeds (integers >= 0), e.g. [0, 1, 2]")] = [0]
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"expected distinct seeds, got {value}")
+        return value
 
 
 class ExperimentParams(Strict):

@@ -419,22 +419,28 @@ def _aligned(gt_a: GroundTruth, gt_b: GroundTruth) -> np.ndarray:
 
 
 def paired_bootstrap(
-    gt_a: GroundTruth, preds_a: Predictions, gt_b: GroundTruth, preds_b: Predictions,
-    tious: Sequence[float] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+    gt_a: GroundTruth, preds_a: Predictions | Sequence[Predictions], gt_b: GroundTruth,
+    preds_b: Predictions | Sequence[Predictions], tious: Sequence[float] | np.ndarray,
+    *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
 ) -> Comparison:
     """mAP(A) - mAP(B) (average mAP) over the same video resamples for both, its interval and verdict.
 
+    A side given as several prediction sets (one per training seed) is its seed mean (seed_mean).
     Refuses (ValueError) unless A and B are scored on the same videos and ground truth.
     """
     _check_level(level)
     to_b = _aligned(gt_a, gt_b)
     draws = draw_videos(gt_a.videos.size, resamples, seed)
-    a = _bootstrap(gt_a, preds_a, tious, draws, seed, level)
-    b = _bootstrap(gt_b, preds_b, tious, to_b[draws], seed, level)
+    a = seed_mean([_bootstrap(gt_a, p, tious, draws, seed, level) for p in _per_seed(preds_a)])
+    b = seed_mean([_bootstrap(gt_b, p, tious, to_b[draws], seed, level) for p in _per_seed(preds_b)])
     difference = a.replicate_average - b.replicate_average
     point = a.average_mAP - b.average_mAP
     low, high = (float(x) for x in basic_interval(difference, point, level))
     return Comparison(a, b, point, difference, (low, high), verdict(low, high))
+
+
+def _per_seed(preds: Predictions | Sequence[Predictions]) -> list[Predictions]:
+    return [preds] if isinstance(preds, Predictions) else list(preds)
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -454,12 +460,12 @@ class SeedSummary:
     level: float
 
 
-def combine_seeds(results: Sequence[Bootstrap]) -> SeedSummary:
-    """Mean and standard deviation over seeds, and the (basic bootstrap) interval of the seed mean.
+def seed_mean(results: Sequence[Bootstrap]) -> Bootstrap:
+    """Several training seeds' bootstraps as one: the mean over seeds of every score and replicate,
+    with basic intervals that cover test-video sampling of the seed mean.
 
     Replicate b of every seed must be the same video resample (same videos, tIoUs, resamples,
     bootstrap seed and level): the mean over seeds of replicate b is then the seed mean's replicate.
-    The interval covers test-video sampling of the seed mean; `std` is the seed-to-seed spread.
     """
     if not results:
         raise ValueError("no seeds to combine")
@@ -472,18 +478,31 @@ def combine_seeds(results: Sequence[Bootstrap]) -> SeedSummary:
                 "seeds must be bootstrapped on the same videos, tIoUs, number of resamples, bootstrap seed "
                 "and level, so that replicate b of each seed is the same video resample"
             )
+    if len(results) == 1:
+        return first
+    mAP = np.mean([r.mAP for r in results], axis=0)
+    average = float(np.mean([r.average_mAP for r in results]))
+    replicates = np.mean([r.replicate_mAP for r in results], axis=0)
+    replicate_average = np.mean([r.replicate_average for r in results], axis=0)
+    low, high = basic_interval(replicate_average, average, first.level, MAP_RANGE)
+    return Bootstrap(
+        tious=first.tious, mAP=mAP, average_mAP=average, replicate_mAP=replicates, replicate_average=replicate_average,
+        mAP_interval=basic_interval(replicates, mAP, first.level, MAP_RANGE), interval=(float(low), float(high)),
+        level=first.level, seed=first.seed, videos=first.videos,
+    )
+
+
+def combine_seeds(results: Sequence[Bootstrap]) -> SeedSummary:
+    """Mean and standard deviation over seeds, and the (basic bootstrap) interval of the seed mean
+    (see seed_mean). The interval covers test-video sampling; `std` is the seed-to-seed spread."""
+    mean = seed_mean(results)
     n = len(results)
     points = np.array([r.average_mAP for r in results])
     per_tiou = np.stack([r.mAP for r in results])
-    pooled = np.mean([r.replicate_average for r in results], axis=0)
-    low, high = basic_interval(pooled, points.mean(), first.level, MAP_RANGE)
     return SeedSummary(
-        n=n, mean=float(points.mean()), std=float(points.std(ddof=1)) if n > 1 else None,
-        interval=(float(low), float(high)), mAP_mean=per_tiou.mean(axis=0),
-        mAP_std=per_tiou.std(axis=0, ddof=1) if n > 1 else None,
-        mAP_interval=basic_interval(np.mean([r.replicate_mAP for r in results], axis=0), per_tiou.mean(axis=0),
-                                    first.level, MAP_RANGE),
-        level=first.level,
+        n=n, mean=mean.average_mAP, std=float(points.std(ddof=1)) if n > 1 else None, interval=mean.interval,
+        mAP_mean=mean.mAP, mAP_std=per_tiou.std(axis=0, ddof=1) if n > 1 else None,
+        mAP_interval=mean.mAP_interval, level=mean.level,
     )
 
 
@@ -528,6 +547,37 @@ def interval_record(result: Bootstrap) -> dict:
     return {"level": result.level, "resamples": int(result.replicate_average.size), "seed": result.seed,
             "average_mAP": list(result.interval),
             "mAP": {f"mAP@{k}": [float(low), float(high)] for k, (low, high) in zip(keys, result.mAP_interval)}}
+
+
+def seed_scores(per_seed: Sequence[tuple[int, dict, Bootstrap]]) -> dict:
+    """scores.json over training seeds, from (seed, `talbench score` dict, its bootstrap) per seed.
+
+    The top level reads like one scored set: mAP, average mAP, recall and AP per class are means
+    over seeds (counts are the first seed's), `interval` is the seed mean's (seed_mean). Added:
+    `seeds`, `std` (ddof=1 over seeds, null for a single seed: unmeasured) and `per_seed`, each
+    seed's own scores and interval.
+    """
+    if not per_seed:
+        raise ValueError("no seeds to combine")
+    seeds = [seed for seed, _, _ in per_seed]
+    scores = [s for _, s, _ in per_seed]
+    summary = combine_seeds([b for _, _, b in per_seed])
+    keys = _threshold_keys(per_seed[0][2].tious)
+    mean = lambda values: float(np.mean(values))  # noqa: E731
+    combined = {
+        **scores[0],
+        "mAP": {k: mean([s["mAP"][k] for s in scores]) for k in scores[0]["mAP"]},
+        "average_mAP": summary.mean,
+        "recall": {k: mean([s["recall"][k] for s in scores]) for k in scores[0]["recall"]},
+        "AP_per_class": {c: {k: mean([s["AP_per_class"][c][k] for s in scores]) for k in aps}
+                         for c, aps in scores[0]["AP_per_class"].items()},
+        "interval": interval_record(seed_mean([b for _, _, b in per_seed])),
+        "seeds": seeds,
+        "std": None if summary.std is None else {
+            "average_mAP": summary.std, "mAP": {f"mAP@{k}": float(v) for k, v in zip(keys, summary.mAP_std)}},
+        "per_seed": {str(seed): {**s, "interval": interval_record(b)} for seed, s, b in per_seed},
+    }
+    return combined
 
 
 def _bootstrap_dict(result: Bootstrap) -> dict:

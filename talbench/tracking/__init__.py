@@ -1,4 +1,4 @@
-"""Experiment tracking (MLflow): parent run per benchmark invocation, child run per experiment."""
+"""Experiment tracking (MLflow): parent run per benchmark invocation, child run per experiment, a run per seed under it."""
 
 from talbench.tracking.mlflow_tracking import (
     EpochLogger,
@@ -8,9 +8,11 @@ from talbench.tracking.mlflow_tracking import (
     flatten_config,
     load_model,
     log_experiment_run,
+    log_seed_run,
     metric_name,
     parent_run,
     score_metrics,
+    seed_run,
     system_metrics,
     tracking_uri,
 )
@@ -23,9 +25,11 @@ __all__ = [
     "flatten_config",
     "load_model",
     "log_experiment_run",
+    "log_seed_run",
     "metric_name",
     "parent_run",
     "score_metrics",
+    "seed_run",
     "system_metrics",
     "tracking_uri",
 ]

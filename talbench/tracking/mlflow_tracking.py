@@ -1,9 +1,12 @@
-"""MLflow tracking of benchmark runs: one parent run per invocation, one child run per experiment.
+"""MLflow tracking of benchmark runs: one parent run per invocation, one child run per experiment,
+and under it one run per training seed.
 
 A benchmark invocation (one `dvc repro`, one Airflow DAG run) spans several processes, so the
 parent run is not held open by anyone: every stage finds it again by the invocation's group id
 (tag `talbench.group`). Each experiment gets one child run (tag `mlflow.parentRunId`), also found
-again by name, so the train and evaluate stages of an experiment write into the same run.
+again by name, so the train and evaluate stages of an experiment write into the same run. The
+experiment's run holds the config, the scores over seeds (mean, `_std`, `seeds`) and the model;
+each seed's run (`<experiment>/seed-<n>`) its training curve and its own scores.
 
 mlflow is imported inside the functions: importing it costs seconds, and only tracking needs it.
 """
@@ -44,6 +47,7 @@ GROUP_TAG = "talbench.group"
 ROLE_TAG = "talbench.role"
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_TAG = "experiment"
+SEED_TAG = "seed"
 ALIAS = "challenger"  # a fresh model challenges the `champion` a person promotes
 
 # MLflow's limits (mlflow.utils.validation): longer param values are rejected, not truncated,
@@ -121,10 +125,13 @@ def tracking_client() -> MlflowClient:
     import mlflow
 
     uri = tracking_uri()
+    # the registry is the tracking store unless MLFLOW_REGISTRY_URI says otherwise: never a registry
+    # URI some earlier call in this process left in MLflow's globals
+    registry = os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or uri
     if not uri.startswith("sqlite:///") or uri in _MADE:
-        return mlflow.MlflowClient(uri)
+        return mlflow.MlflowClient(uri, registry)
     with _made_store(Path(uri.removeprefix("sqlite:///"))):
-        client = mlflow.MlflowClient(uri)  # makes or upgrades the store's tables
+        client = mlflow.MlflowClient(uri, registry)  # makes or upgrades the store's tables
         client.search_experiments(max_results=1)
     _MADE.add(uri)
     return client
@@ -255,6 +262,39 @@ def experiment_run(parent_run_id: str, name: str) -> str:
     return _find_or_create(client, parent.info.experiment_id, tags, run_name=name)
 
 
+def seed_run(experiment_run_id: str, seed: int) -> str:
+    """The run of training seed `seed` under the experiment's run, created if missing."""
+    client = tracking_client()
+    parent = client.get_run(experiment_run_id)
+    name = parent.data.tags.get(EXPERIMENT_TAG, parent.info.run_name)
+    tags = {PARENT_TAG: experiment_run_id, EXPERIMENT_TAG: name, ROLE_TAG: "seed", SEED_TAG: str(int(seed))}
+    return _find_or_create(client, parent.info.experiment_id, tags, run_name=f"{name}/seed-{int(seed)}")
+
+
+def log_seed_run(experiment_run_id: str, seed: int, *, history: Sequence[Mapping[str, Any]] = (),
+                 metrics: Mapping[str, Any] | None = None) -> str:
+    """One training seed's curve (epochs EpochLogger missed) and scores into its run, then finish it."""
+    client = tracking_client()
+    run_id = seed_run(experiment_run_id, seed)
+    _log_curve_and_scores(client, run_id, history, metrics)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _log_curve_and_scores(client: MlflowClient, run_id: str, history: Sequence[Mapping[str, Any]],
+                          metrics: Mapping[str, Any] | None) -> None:
+    """The epochs of `history` the run lacks (step = epoch) and the final scores (step 0)."""
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    logged = {m.step for m in client.get_metric_history(run_id, "train/final_loss")}
+    points = [Metric(k, v, now, int(r["epoch"])) for r in history if int(r["epoch"]) not in logged
+              for k, v in epoch_metrics(r).items()]
+    points += [Metric(k, v, now, 0) for k, v in score_metrics(metrics or {}).items()]
+    for chunk in _chunks(points, MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=list(chunk))
+
+
 # ---------------------------------------------------------------- conversions
 
 
@@ -287,7 +327,8 @@ def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
 
     {"mAP": {"mAP@0.30": ..}, "average_mAP": .., "recall": {"R@1x@0.50": ..}} ->
     {"mAP_at_0.30": .., "average_mAP": .., "R_at_1x_at_0.50": ..}; AP per class is left out. The
-    bootstrap intervals (`interval`, from evaluate) become `<name>_low` and `<name>_high`.
+    bootstrap intervals (`interval`, from evaluate) become `<name>_low` and `<name>_high`; scores
+    over several seeds add their spread (`std`) as `<name>_std` and their number as `seeds`.
     """
     out: dict[str, float] = {}
     for group in ("mAP", "recall"):
@@ -301,6 +342,11 @@ def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
     for name, bounds in named.items():
         if bounds is not None:
             out[f"{name}_low"], out[f"{name}_high"] = (float(b) for b in bounds)
+    spread = scores.get("std") or {}  # over training seeds (evaluate), null for a single seed
+    named = {"average_mAP": spread.get("average_mAP"), **{metric_name(k): v for k, v in (spread.get("mAP") or {}).items()}}
+    out.update({f"{name}_std": float(std) for name, std in named.items() if std is not None})
+    if "seeds" in scores:
+        out["seeds"] = float(len(scores["seeds"]))
     return out
 
 
@@ -464,7 +510,7 @@ def log_experiment_run(
     after training, and a benchmark whose results were not recorded should fail visibly.
     """
     import mlflow
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     client = tracking_client()
     run_id = experiment_run(parent_run_id, name)
@@ -479,13 +525,7 @@ def log_experiment_run(
     for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=list(chunk))
 
-    now = _now_ms()
-    logged = {m.step for m in client.get_metric_history(run_id, "train/final_loss")}
-    points = [Metric(k, v, now, int(r["epoch"])) for r in history if int(r["epoch"]) not in logged
-              for k, v in epoch_metrics(r).items()]
-    points += [Metric(k, v, now, 0) for k, v in score_metrics(metrics or {}).items()]
-    for chunk in _chunks(points, MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=list(chunk))
+    _log_curve_and_scores(client, run_id, history, metrics)
 
     from talbench.config import dump_config
 

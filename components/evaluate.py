@@ -49,18 +49,20 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     for seed in exp.seeds:
         checkpoint = exp.train_dir(seed) / "last.ckpt"
         _, weights, _ = load_checkpoint(checkpoint)
+        if seed == exp.seeds[0]:
+            reference_weights = weights  # the model registered for the experiment; the others are not kept
         scored = score_experiment(exp, exp.seed_config(seed), weights, checkpoint)
         # the same video resamples for every seed (bootstrap seed SEED): their mean is the seed mean's replicate
-        runs[seed] = (scored, weights, bootstrap(scored.truth, scored.predictions, exp.experiment.dataset.tiou_thresholds()))
+        runs[seed] = (scored, bootstrap(scored.truth, scored.predictions, exp.experiment.dataset.tiou_thresholds()))
         print(f"{name}: seed {seed}:\n{format_table(scored.result, scored.label_names)}")
-    scores = seed_scores([(seed, scored.scores, spread) for seed, (scored, _, spread) in runs.items()])
+    scores = seed_scores([(seed, scored.scores, spread) for seed, (scored, spread) in runs.items()])
     # every output is made in the staging folder and tracked from there; they replace the
     # earlier ones together, only once MLflow has them too
     with staged_outputs(exp.output, "evaluate") as tmp:
         _write_outputs(tmp, name, {seed: run[0] for seed, run in runs.items()}, scores)
         plots = [tmp / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png")] + [exp.output / "train_curve.csv"]
-        _track(exp, params, runs[exp.seeds[0]][1], scores, [p for p in plots if p.exists()], tmp)
-    print(f"{name}: average mAP {format_seeds(combine_seeds([run[2] for run in runs.values()]))} "
+        _track(exp, params, reference_weights, scores, [p for p in plots if p.exists()], tmp)
+    print(f"{name}: average mAP {format_seeds(combine_seeds([run[1] for run in runs.values()]))} "
           f"(interval over test videos)")
     return scores
 

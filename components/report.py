@@ -84,9 +84,10 @@ def _read_curve(path: Path, item: str) -> list[tuple[int, float]]:
 def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from talbench.data.registry import load_params
     from talbench.io import recover_outputs
+    from talbench.pipeline import training_seeds
 
     _, params = load_params(params_path)
-    seeds = list((params.get("pipeline") or {}).get("seeds") or [0])
+    seeds = training_seeds(params)
     rows = []
     for name, entry in (params.get("experiments") or {}).items():
         folder = outputs / name
@@ -269,9 +270,10 @@ def _markdown(params: dict[str, Any], rows: list[dict[str, Any]], timelines: lis
     else:
         lines += ["Data: the real datasets.", ""]
     from talbench.eval.statistics import LEVEL, RESAMPLES, SEED
+    from talbench.pipeline import training_seeds
 
     level = f"{100 * LEVEL:g}%"
-    seeds = (params.get("pipeline") or {}).get("seeds") or [0]
+    seeds = training_seeds(params)
     if len(seeds) > 1:
         lines += [f"Each experiment is trained with {len(seeds)} seeds (pipeline.seeds: {', '.join(map(str, seeds))}): "
                   f"its numbers are means over the seeds, ± the standard deviation between seeds."]

@@ -17,7 +17,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from talbench.io import read_yaml_mapping
 from talbench.orchestration import PROJECT, RETRIES, TRAIN_POOL, mapped_kinds, stage_kinds
-from talbench.pipeline import experiment_names, stage_graph
+from talbench.pipeline import experiment_names, stage_graph, training_seeds
 from talbench.runners import RUNNERS, default_runner
 
 
@@ -58,7 +58,7 @@ _EXPERIMENTS = experiment_names(_PARAMS)
                         "(experiments.<name>.overrides.opt.epochs); empty keeps each recipe's own.",
         ),
         "seeds": Param(
-            list((_PARAMS.get("pipeline") or {}).get("seeds") or [0]),
+            training_seeds(_PARAMS),
             type="array",
             items={"type": "integer", "minimum": 0},
             minItems=1,

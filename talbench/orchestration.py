@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from talbench.io import read_yaml_mapping, write_text
-from talbench.pipeline import Stage, stage_graph, upstream
+from talbench.pipeline import Stage, stage_graph, training_seeds, upstream
 
 PROJECT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "dvc.snapshot.yaml"
@@ -135,7 +135,7 @@ def nightly_params(params: Mapping[str, Any], data_version: str | None, *, epoch
         raise ValueError("params.yaml has no nightly.experiment: name the production experiment there")
     out = narrow_params(params, [nightly["experiment"]], epochs=epochs, overrides=overrides)
     out["nightly"] = {**nightly, **({} if margin is None else {"margin": float(margin)})}
-    out["pipeline"]["seeds"] = list((out["pipeline"].get("seeds") or [0])[:1])
+    out["pipeline"]["seeds"] = training_seeds(out)[:1]
     if data_version is not None and (out.get("data") or {}).get("source", "synthetic") == "synthetic":
         out["synthetic"] = {**(out.get("synthetic") or {}), "version": data_version}
     return out

@@ -14,7 +14,7 @@ from typing import Any
 
 from talbench.config import DEFAULTS, SECTIONS, finalize, load_config
 from talbench.data.fetch import dataset_dir
-from talbench.data.registry import Experiment, Registry, load_params, load_registry, unknown
+from talbench.data.registry import Experiment, PipelineParams, Registry, load_params, load_registry, unknown
 from talbench.errors import InputError
 
 
@@ -42,6 +42,11 @@ def experiment_names(params: dict[str, Any]) -> list[str]:
     return list((params.get("experiments") or {}).keys())
 
 
+def training_seeds(params: dict[str, Any]) -> list[int]:
+    """pipeline.seeds of params.yaml as read, or PipelineParams' default where it names none."""
+    return list((params.get("pipeline") or {}).get("seeds") or PipelineParams().seeds)
+
+
 def resolve_experiment(name: str, params_path: str | Path | None = None, outputs: str | Path = "outputs") -> PipelineExperiment:
     path, params = load_params(params_path)  # every key checked, experiments' names included
     registry = load_registry(path)
@@ -64,7 +69,7 @@ def resolve_experiment(name: str, params_path: str | Path | None = None, outputs
     if config["dataset"]["num_classes"] != 1:  # 1: class-agnostic training (ActivityNet), kept
         config["dataset"]["num_classes"] = experiment.dataset.tasks[experiment.task].num_classes
         config = finalize(config)
-    seeds = tuple((params.get("pipeline") or {}).get("seeds") or (0,))
+    seeds = tuple(training_seeds(params))
     return PipelineExperiment(name, experiment, config, data_dir, Path(outputs) / name, seeds)
 
 

@@ -9,7 +9,9 @@ talbench.eval.nms.postprocess_video with the recipe's test_cfg (soft NMS, multic
 2304, chunk_overlap 0.25). Untrained weights score every class near the 0.01 prior, so nearly
 all pre_nms_topk candidates per level reach NMS: a heavy but realistic NMS load (the `cands`
 column). Timed per video after warm-up (torch.cuda.synchronize on CUDA); medians are reported,
-videos/s = 1 / median. Peak GPU memory on CUDA.
+videos/s = 1 / median. Peak GPU memory on CUDA. Each row runs in fp32 and, where the device computes
+bf16 natively, in bf16 autocast (test_cfg.precision auto). Against the original code, side by side in
+one run: bench/bench_vs_reference.py.
 
     python bench/bench_infer.py [--videos 20] [--lengths T ...] [--device cpu|cuda]
                                 [--chunk-size 2304] [--chunk-overlap 0.25] [--threads N]
@@ -35,12 +37,11 @@ from talbench.data.registry import load_registry  # noqa: E402
 from talbench.eval.nms import postprocess_video  # noqa: E402
 from talbench.inference import video_candidates  # noqa: E402
 from talbench.models import build_model  # noqa: E402
+from talbench.training import native_bf16, precision_context  # noqa: E402
 
 PUBLISHED = ROOT / "configs" / "thumos_i3d.yaml"
 FPS = 30.0
 MIN_T, MAX_T = 1500, 6000
-# The original ActionFormer code (published THUMOS recipe, its C++ soft-NMS) on this 2-core CPU.
-REFERENCE_CPU_VPS = 1.8
 
 
 def make_videos(config: dict, lengths: list[int]) -> list[VideoItem]:
@@ -121,7 +122,7 @@ def main() -> None:
     config, _ = load_config(args.config, load_registry())
     torch.manual_seed(args.seed)
     model = build_model(config["model"]).to(device).eval()
-    published = args.config.resolve() == PUBLISHED.resolve()
+    precisions = ["fp32", "bf16"] if native_bf16(device) else ["fp32"]
     test_cfg = dict(config["test_cfg"])
     modes = [("whole", {**test_cfg, "chunk_size": 0}),
              (f"chunk {args.chunk_size}", {**test_cfg, "chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap})]
@@ -139,23 +140,21 @@ def main() -> None:
     print(f"config {args.config.resolve().relative_to(ROOT) if args.config.resolve().is_relative_to(ROOT) else args.config}: {test_cfg.get('nms_method')} NMS, multiclass {test_cfg['multiclass_nms']}, "
           f"pre_nms_topk {test_cfg['pre_nms_topk']}, max_seg_num {test_cfg['max_seg_num']}; "
           f"max_div_factor {model.max_div_factor}; {args.warmup} warm-up + {args.videos} timed videos per row, medians")
-    header = (f"{'impl':10} {'device':6} {'mode':11} {'T':>9} {'median T':>8} {'cands':>6} {'kept':>5} "
+    header = (f"{'precision':10} {'device':6} {'mode':11} {'T':>9} {'median T':>8} {'cands':>6} {'kept':>5} "
               f"{'model ms':>8} {'nms ms':>7} {'ms/video':>8} {'videos/s':>8} {'peak GiB':>8}")
     print(header)
     print("-" * len(header))
     for label, lengths in groups:
         videos = make_videos(config, lengths)
         warm, timed = videos[: args.warmup], videos[args.warmup:]
-        for mode, cfg in modes:
-            r = bench_mode(model, warm, timed, device, cfg)
+        for (mode, cfg), precision in ((m, p) for m in modes for p in precisions):
+            with precision_context(precision, device):  # as talbench.inference.predict: one region for all videos
+                r = bench_mode(model, warm, timed, device, {**cfg, "precision": precision})
             peak = f"{r['peak_gib']:8.2f}" if r["peak_gib"] is not None else f"{'-':>8}"
             med_t = int(statistics.median(v.feats.shape[1] for v in timed))
-            print(f"{'talbench':10} {device.type:6} {mode:11} {label:>9} {med_t:8d} {r['cands']:6.0f} {r['kept']:5.0f} "
+            print(f"{precision:10} {device.type:6} {mode:11} {label:>9} {med_t:8d} {r['cands']:6.0f} {r['kept']:5.0f} "
                   f"{r['model'] * 1e3:8.0f} {r['nms'] * 1e3:7.0f} {r['total'] * 1e3:8.0f} {1 / r['total']:8.2f} {peak}",
                   flush=True)
-    if device.type == "cpu" and published:
-        print(f"{'original':10} {'cpu':6} {'whole':11} {'THUMOS':>9} {'':8} {'':6} {'':5} {'':8} {'':7} "
-              f"{1e3 / REFERENCE_CPU_VPS:8.0f} {REFERENCE_CPU_VPS:8.2f} {'-':>8}   (ActionFormer code + its C++ NMS, this 2-core CPU)")
 
 
 if __name__ == "__main__":

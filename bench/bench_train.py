@@ -6,8 +6,9 @@ like pooled I3D features), each with 3-8 ground-truth actions of 2-100 grid step
 classes. Sequence lengths 576 and 2304 (the recipe's max_seq_len, what every padded training batch
 has). The optimizer is talbench's (AdamW, the recipe's weight-decay groups), the gradient clip the
 recipe's clip_grad_l2norm. Each step is timed with torch.cuda.synchronize on CUDA; the median is
-reported. On CUDA both fp32 and bf16 autocast (as `talbench train` does) are run, with the peak GPU
-memory of each; on CPU fp32 only, next to the original ActionFormer code's rate on this 2-core CPU.
+reported. fp32 and bf16 autocast (what `talbench train` does with train_cfg.precision auto) are run on
+CUDA (with the peak GPU memory of each) and on CPUs that compute bf16 natively; fp32 only elsewhere.
+Against the original code, side by side in one run: bench/bench_vs_reference.py.
 
     python bench/bench_train.py [--lengths 576 2304] [--config PATH] [--device cpu|cuda]
                                 [--steps N] [--warmup N] [--threads N]
@@ -29,11 +30,9 @@ sys.path.insert(0, str(ROOT))
 from talbench.config import load_config  # noqa: E402
 from talbench.data.registry import load_registry  # noqa: E402
 from talbench.models import build_model, pad_batch  # noqa: E402
-from talbench.training import make_optimizer, training_step  # noqa: E402
+from talbench.training import make_optimizer, native_bf16, precision_context, training_step  # noqa: E402
 
 PUBLISHED = ROOT / "configs" / "thumos_i3d.yaml"
-# The original ActionFormer code, published THUMOS recipe, fp32, on this project's 2-core CPU.
-REFERENCE_CPU_ITS = {576: 0.61, 2304: 0.19}
 
 
 def make_batch(config: dict, length: int, batch: int, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -68,10 +67,7 @@ def bench_one(config: dict, device: torch.device, length: int, dtype: str, steps
     feats, masks = pad_batch([f.to(device) for f in feats], model.max_div_factor, pad_to=length)
     segments = [s.to(device) for s in segments]
     labels = [lab.to(device) for lab in labels]
-    if dtype == "bf16":
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    else:
-        autocast = torch.autocast(device.type, enabled=False)
+    autocast = precision_context(dtype, device)
 
     def step() -> float:
         return training_step(model, optimizer, feats, masks, segments, labels, autocast, clip)["final_loss"].detach()
@@ -119,9 +115,8 @@ def main() -> None:
     steps = args.steps if args.steps is not None else (20 if on_cuda else 5)
     warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
     config, _ = load_config(args.config, load_registry())
-    dtypes = ["fp32", "bf16"] if on_cuda else ["fp32"]
+    dtypes = ["fp32", "bf16"] if native_bf16(device) else ["fp32"]
     m = config["model"]
-    published = args.config.resolve() == PUBLISHED.resolve()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", CUDA device: {torch.cuda.get_device_name(device)}" if on_cuda else ""))
@@ -137,10 +132,6 @@ def main() -> None:
             peak = f"{r['peak_gib']:8.2f}" if r["peak_gib"] is not None else f"{'-':>8}"
             print(f"{'talbench':10} {device.type:6} {dtype:5} {r['T']:5d} {r['batch']:5d} "
                   f"{1 / r['sec']:7.2f} {r['sec'] * 1e3:8.0f} {peak}", flush=True)
-        if device.type == "cpu" and published and length in REFERENCE_CPU_ITS:
-            ref = REFERENCE_CPU_ITS[length]
-            print(f"{'original':10} {'cpu':6} {'fp32':5} {length:5d} {2:5d} {ref:7.2f} {1e3 / ref:8.0f} {'-':>8}"
-                  f"   (ActionFormer code, this 2-core CPU; talbench {1 / r['sec'] / ref:.2f}x)", flush=True)
     print(f"model: {r['params'] / 1e6:.1f} M parameters; last loss {r['loss']:.3f}")
 
 

@@ -1,5 +1,7 @@
 """talbench against the original ActionFormer code: same machine, same data, same config, interleaved.
 
+Sides: the original, and talbench once per `--precisions` value (its train_cfg/test_cfg.precision;
+default `auto`, bf16 autocast where the CPU computes bf16 natively, and `fp32`, the exact path).
 What it measures, for each side in its own child process (its own Python, `--threads` torch threads):
 - training iterations/s at each `--lengths` max_seq_len (default 576 and the published 2304), batch 2
   (the config's loader.batch_size): `--warmup` untimed then `--iters` timed iterations, each one the
@@ -7,16 +9,24 @@ What it measures, for each side in its own child process (its own Python, `--thr
   read the batch's feature files, truncate/crop, pad, forward, losses, backward, grad clip 1.0,
   AdamW step, lr schedule, model-EMA update (decay 0.999, no warm-up, as the original's ModelEma).
   Both sides get the same videos in the same order. "padded T" is the mean length the backbone saw:
-  the original pads every training batch to max_seq_len, talbench to the batch's longest clip.
+  the original pads every training batch to max_seq_len, talbench to the batch's longest clip
+  (rounded up to the coarsest stride, 32).
 - inference videos/s with NMS over the test split at each `--infer-lengths` max_seq_len (the model's
   max_seq_len matters: the original pads shorter test videos up to it): read the features, forward,
   candidate decoding, multiclass soft-NMS (the original's C++ nms_1d_cpu; talbench's vectorized
   torch NMS), conversion to seconds. Both sides load the same weights (the original's seeded init,
-  renamed to talbench's parameter names), so they see the same candidates: the detection counts and
-  the sums of detection scores should agree. One untimed warm-up video first.
+  renamed to talbench's parameter names), so they see the same candidates: in fp32 the detection
+  counts and the sums of detection scores agree to the last printed digit. One untimed warm-up video first.
 - peak memory: each child's peak RSS (resource.getrusage ru_maxrss; Python + torch + the task).
+- accuracy (`--accuracy-seeds`, default 0 1 2; none skips it): every side trained once per seed on the
+  twin with the recipe (`--accuracy-epochs` + `--accuracy-warmup` epochs at `--accuracy-length`, EMA 0.999
+  without warm-up on both sides), talbench by `talbench.training.train` (the pipeline's code path),
+  the original by its train.py loop (its loader, scheduler, ModelEma); then each side's own inference
+  on the test split with the EMA and with the raw weights, all scored by talbench's THUMOS14 evaluator
+  (average mAP over tIoU 0.3:0.7). Printed: each seed, each side's mean and sd over seeds (the
+  run-to-run noise), and talbench's difference from the original with its standard error.
 The order is interleaved (talbench, original, talbench, original ...; reversed every other round);
-with `--rounds R` each figure is the median over R rounds. Ratios are talbench / original (above 1:
+with `--rounds R` each speed figure is the median over R rounds. Ratios are talbench / original (above 1:
 talbench faster for it/s and videos/s; below 1: talbench smaller for RSS).
 
 Data: the THUMOS14 twin `talbench synth thumos14 --scale small --seed 0` (80 training / 60 test
@@ -48,11 +58,13 @@ checkpoints to CUDA, so they do not run on a CPU-only torch: this benchmark call
 functions (load_config, make_dataset, make_meta_arch, make_optimizer, make_scheduler, ModelEma, the
 model's own inference + batched_nms) the way those CLIs do.
 
-Run (the default run took 4 min on 2 cores, AMD EPYC with AVX-512; nothing else should run meanwhile):
+Run (on 2 cores, AMD EPYC with AVX-512 and AVX512-BF16, the speed part takes ~6 min and the accuracy part
+~40 min; nothing else should run during the speed part):
 
     .venv/bin/python bench/bench_vs_reference.py --setup          # once: the original's environment
-    .venv/bin/python bench/bench_vs_reference.py [--iters 30] [--warmup 3] [--rounds 1]
+    .venv/bin/python bench/bench_vs_reference.py [--precisions auto fp32] [--iters 30] [--warmup 3] [--rounds 1]
         [--lengths 576 2304] [--infer-lengths 576 2304] [--videos N] [--threads 2]
+        [--accuracy-seeds 0 1 2] [--accuracy-epochs 10] [--accuracy-warmup 2] [--accuracy-length 576]
         [--ref-python /tmp/refbench/venv/bin/python] [--data /tmp/refbench/data]
 """
 
@@ -72,7 +84,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/refbench")
-SIDES = ("talbench", "original")
 REF_PACKAGE = "actionformer==1.5.0"
 EMA_DECAY = 0.999
 
@@ -145,14 +156,19 @@ def describe_twin(json_file: Path, feats: Path) -> dict:
             "durations": (min(v["duration"] for v in db.values()), max(v["duration"] for v in db.values()))}
 
 
-def write_config(base: Path, json_file: Path, feats: Path, max_seq_len: int) -> Path:
-    """The base YAML with this twin's paths and max_seq_len, in the original's layout (both sides read it)."""
+def write_config(base: Path, json_file: Path, feats: Path, max_seq_len: int, epochs: tuple[int, int] | None = None) -> Path:
+    """The base YAML with this twin's paths and max_seq_len (and `epochs`: (epochs, warm-up epochs)),
+    in the original's layout (both sides read it)."""
     import yaml
 
     config = yaml.safe_load(base.read_text())
     config["dataset"].update(json_file=str(json_file), feat_folder=str(feats), max_seq_len=max_seq_len)
     config["output_folder"] = str(WORK / "work" / "ckpt")
-    out = WORK / "work" / f"{base.stem}_{max_seq_len}.yaml"
+    name = f"{base.stem}_{max_seq_len}"
+    if epochs is not None:
+        config["opt"].update(epochs=epochs[0], warmup_epochs=epochs[1])
+        name += f"_{epochs[0]}+{epochs[1]}ep"
+    out = WORK / "work" / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out
@@ -200,9 +216,10 @@ def talbench_train(a: argparse.Namespace) -> dict:
     from talbench.config import load_config
     from talbench.data.dataset import VideoDataset
     from talbench.models import build_model, pad_batch
-    from talbench.training import ModelEMA, learning_rate, make_optimizer, seed_everything, training_step
+    from talbench.training import (ModelEMA, learning_rate, make_optimizer, precision_context, resolve_precision,
+                                   seed_everything, training_step)
 
-    config, _ = load_config(a.config)
+    config, _ = load_config(a.config, overrides={"train_cfg.precision": a.precision})
     seed = int(config["init_rand_seed"])
     seed_everything(seed)
     ds = VideoDataset(config["dataset"], config["train_split"], is_training=True, seed=seed)
@@ -212,7 +229,8 @@ def talbench_train(a: argparse.Namespace) -> dict:
     bs = int(config["loader"]["batch_size"])
     iters_per_epoch = len(ds) // bs
     clip = float(config["train_cfg"]["clip_grad_l2norm"])
-    autocast = torch.autocast("cpu", enabled=False)
+    device = torch.device("cpu")
+    precision = resolve_precision(config["train_cfg"]["precision"], device)
     index = {r.video_id: i for i, r in enumerate(ds.records)}
     seen = length_probe(model.backbone)
     state = {"step": 0, "loss": 0.0}
@@ -224,13 +242,15 @@ def talbench_train(a: argparse.Namespace) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch, masks = pad_batch([i.feats for i in items], model.max_div_factor)
-        losses = training_step(model, optimizer, batch, masks, [i.segments for i in items], [i.labels for i in items], autocast, clip)
+        losses = training_step(model, optimizer, batch, masks, [i.segments for i in items], [i.labels for i in items],
+                               precision_context(precision, device), clip)
         state["step"] += 1
         ema.update(model, state["step"])
         state["loss"] = {k: float(v.detach()) for k, v in losses.items()}["final_loss"]
 
     times = timed(step, train_batches(list(index), bs, a.warmup + a.iters, a.seed), a.warmup)
-    return {"times": times, "padded_T": statistics.mean(seen[a.warmup:]), "loss": state["loss"], "batch": bs}
+    return {"times": times, "padded_T": statistics.mean(seen[a.warmup:]), "loss": state["loss"], "batch": bs,
+            "precision": precision}
 
 
 def original_setup(cfg_path: str):
@@ -250,8 +270,22 @@ def original_model(cfg):
     return torch.nn.DataParallel(make_meta_arch(cfg["model_name"], **cfg["model"]), device_ids=cfg["devices"])
 
 
-def original_train(a: argparse.Namespace) -> dict:
+def original_step(model, optimizer, scheduler, ema, clip: float, video_list: list) -> dict:
+    """The loop body of the original's train_one_epoch."""
     import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    losses = model(video_list)
+    losses["final_loss"].backward()
+    if clip > 0.0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    scheduler.step()
+    ema.update(model)
+    return losses
+
+
+def original_train(a: argparse.Namespace) -> dict:
     from actionformer.datasets import make_dataset
     from actionformer.utils import ModelEma, make_optimizer, make_scheduler
 
@@ -270,16 +304,8 @@ def original_train(a: argparse.Namespace) -> dict:
     state = {"loss": 0.0}
     model.train()
 
-    def step(ids: list[str]) -> None:  # the loop body of its train_one_epoch
-        video_list = [ds[index[v]] for v in ids]
-        optimizer.zero_grad(set_to_none=True)
-        losses = model(video_list)
-        losses["final_loss"].backward()
-        if clip > 0.0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update(model)
+    def step(ids: list[str]) -> None:
+        losses = original_step(model, optimizer, scheduler, ema, clip, [ds[index[v]] for v in ids])
         state["loss"] = losses["final_loss"].item()
 
     times = timed(step, train_batches(list(index), bs, a.warmup + a.iters, a.seed), a.warmup)
@@ -326,33 +352,29 @@ def talbench_infer(a: argparse.Namespace) -> dict:
     import torch
     from talbench.config import load_config
     from talbench.data.dataset import VideoDataset
-    from talbench.eval.nms import postprocess_video
-    from talbench.inference import video_candidates
+    from talbench.inference import video_results
     from talbench.models import build_model
+    from talbench.training import precision_context, resolve_precision
 
-    config, _ = load_config(a.config)
+    config, _ = load_config(a.config, overrides={"test_cfg.precision": a.precision})
     ds = VideoDataset(config["dataset"], config["val_split"], is_training=False)
     model = build_model(config["model"])
     load_original_weights(model, torch.load(a.weights, weights_only=True))
     model.eval()
     test_cfg = config["test_cfg"]
     device = torch.device("cpu")
+    precision = resolve_precision(test_cfg["precision"], device)
     index = {r.video_id: i for i, r in enumerate(ds.records)}
     seen = length_probe(model.backbone)
     found = {"dets": 0, "score_sum": 0.0}
 
     def step(vid: str) -> None:  # the loop body of talbench.inference.predict
-        item = ds[index[vid]]
-        segments, scores, labels = video_candidates(model, item, device, test_cfg)
-        out = postprocess_video(segments, scores, labels, fps=item.fps, feat_stride=item.feat_stride,
-                                num_frames=item.feat_num_frames, duration=item.duration, nms_cfg=test_cfg)
-        order = torch.argsort(out["scores"], descending=True, stable=True)
-        _ = [{"label": int(out["labels"][j]), "score": float(out["scores"][j]), "segment": [float(x) for x in out["segments"][j]]}
-         for j in order.tolist()]
-        found["dets"] += int(out["segments"].shape[0])
-        found["score_sum"] += float(out["scores"].sum())
+        detections = video_results(model, ds[index[vid]], device, test_cfg)
+        found["dets"] += len(detections)
+        found["score_sum"] += sum(d["score"] for d in detections)
 
-    return infer_loop(step, test_ids(list(index), a.videos), seen, found)
+    with precision_context(precision, device):  # as predict: one autocast region around all videos
+        return infer_loop(step, test_ids(list(index), a.videos), seen, found) | {"precision": precision}
 
 
 def infer_loop(step, ids: list[str], seen: list[int], found: dict) -> dict:
@@ -362,6 +384,72 @@ def infer_loop(step, ids: list[str], seen: list[int], found: dict) -> dict:
     found.update(dets=0, score_sum=0.0)
     times = timed(step, ids, 0)
     return {"times": times, "videos": len(ids), "padded_T": statistics.mean(seen), **found}
+
+
+def talbench_fit(a: argparse.Namespace) -> dict:
+    """Accuracy: `talbench.training.train` as the pipeline runs it, then inference with the EMA and the raw weights."""
+    import torch
+    from talbench.config import load_config
+    from talbench.data.dataset import VideoDataset
+    from talbench.inference import predict
+    from talbench.training import read_checkpoint, train
+
+    overrides = {"init_rand_seed": a.seed, "train_cfg.precision": a.precision, "test_cfg.precision": a.precision,
+                 "ema.decay": EMA_DECAY, "ema.warmup": False}  # the original's ModelEma: no warm-up
+    config, _ = load_config(a.config, overrides=overrides)
+    out = Path(a.weights)
+    summary = train(config, out / "run", overwrite=True, progress=False)
+    state = read_checkpoint(out / "run" / "last.ckpt")
+    ds = VideoDataset(config["dataset"], config["val_split"], is_training=False)
+    files = {}
+    for which in ("ema", "model"):
+        results = predict(config, state[which], ds, torch.device("cpu"), progress=False)
+        files[which] = str(out / f"{which}.json")
+        Path(files[which]).write_text(json.dumps(results))
+    return {"train_s": summary["seconds"], "steps": summary["steps"], "precision": summary["precision"], "files": files}
+
+
+def original_fit(a: argparse.Namespace) -> dict:
+    """Accuracy: the original's train.py loop (its loader, scheduler, ModelEma), then its inference as in eval.py."""
+    import torch
+    from actionformer.datasets import make_data_loader, make_dataset
+    from actionformer.utils import ModelEma, fix_random_seed, make_optimizer, make_scheduler
+
+    from actionformer.core import load_config
+
+    cfg = load_config(a.config)
+    cfg["init_rand_seed"] = a.seed
+    generator = fix_random_seed(a.seed, include_cuda=True)
+    train_ds = make_dataset(cfg["dataset_name"], True, cfg["train_split"], **cfg["dataset"])
+    cfg["model"]["train_cfg"]["head_empty_cls"] = train_ds.get_attributes()["empty_label_ids"]
+    workers = min(cfg["loader"]["num_workers"], os.cpu_count() or 1)  # talbench's rule: no more loader workers than cores
+    loader = make_data_loader(train_ds, True, generator, cfg["loader"]["batch_size"], workers)
+    model = original_model(cfg)
+    optimizer = make_optimizer(model, cfg["opt"])
+    scheduler = make_scheduler(optimizer, cfg["opt"], len(loader))
+    ema = ModelEma(model, decay=EMA_DECAY)
+    clip = cfg["train_cfg"]["clip_grad_l2norm"]
+    epochs = cfg["opt"]["epochs"] + cfg["opt"]["warmup_epochs"]
+    started, steps = time.perf_counter(), 0
+    model.train()
+    for _ in range(epochs):
+        for video_list in loader:
+            original_step(model, optimizer, scheduler, ema, clip, video_list)
+            steps += 1
+    train_s = time.perf_counter() - started
+    test_ds = make_dataset(cfg["dataset_name"], False, cfg["val_split"], **cfg["dataset"])
+    out, files = Path(a.weights), {}
+    for which, net in (("ema", ema.module), ("model", model)):
+        net.eval()
+        results: dict[str, list] = {}
+        with torch.no_grad():
+            for i in range(len(test_ds)):
+                o = net([test_ds[i]])[0]
+                results[o["video_id"]] = [{"label": int(lab), "score": float(sc), "segment": [float(x) for x in seg]}
+                                          for seg, sc, lab in zip(o["segments"], o["scores"], o["labels"])]
+        files[which] = str(out / f"{which}.json")
+        Path(files[which]).write_text(json.dumps({"version": "original", "results": results}))
+    return {"train_s": train_s, "steps": steps, "precision": "fp32", "files": files}
 
 
 def load_original_weights(model, state: dict) -> None:
@@ -383,6 +471,8 @@ CHILD_TASKS = {
     ("talbench", "infer"): talbench_infer,
     ("original", "infer"): original_infer,
     ("original", "init"): original_init_weights,
+    ("talbench", "fit"): talbench_fit,
+    ("original", "fit"): original_fit,
 }
 
 
@@ -400,10 +490,14 @@ def child_main(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- parent: run, interleave, report
 
 
-def run_child(python: str, side: str, task: str, config: Path, a: argparse.Namespace) -> dict:
-    cmd = [python, __file__, "--child", side, "--task", task, "--config", str(config), "--iters", str(a.iters),
-           "--warmup", str(a.warmup), "--threads", str(a.threads), "--seed", str(a.seed), "--videos", str(a.videos),
-           "--weights", str(WORK / "work" / "weights_original_init.pt")]
+def run_child(python: str, side: str, task: str, config: Path, a: argparse.Namespace, seed: int | None = None,
+              weights: Path | None = None) -> dict:
+    """One child process; `side` is "original" or "talbench <precision>"."""
+    child, _, precision = side.partition(" ")
+    cmd = [python, __file__, "--child", child, "--task", task, "--config", str(config), "--iters", str(a.iters),
+           "--warmup", str(a.warmup), "--threads", str(a.threads), "--seed", str(a.seed if seed is None else seed),
+           "--videos", str(a.videos), "--weights", str(weights or WORK / "work" / "weights_original_init.pt"),
+           "--precisions", precision or "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "PYTHONWARNINGS": "ignore"}
     t0 = time.time()
     proc = subprocess.run(cmd, text=True, capture_output=True, env=env, cwd=WORK)
@@ -425,8 +519,17 @@ def show_progress(side: str, label: str, r: dict) -> None:
     if r.get("failed"):
         return
     unit = "it/s" if label.startswith("train") else "videos/s"
-    print(f"  {label:11} {side:9} {rate(r):6.3f} {unit:9} padded T {r['padded_T']:7.1f}  peak RSS {r['peak_rss_mib']:6.0f} MiB"
-          f"  ({r['wall_s']:.0f} s in the child)", flush=True)
+    print(f"  {label:11} {side_name(side, r):22} {rate(r):6.3f} {unit:9} padded T {r['padded_T']:7.1f}  "
+          f"peak RSS {r['peak_rss_mib']:6.0f} MiB  ({r['wall_s']:.0f} s in the child)", flush=True)
+
+
+def side_name(side: str, r: dict) -> str:
+    """'talbench auto' -> 'talbench (auto: bf16)' once a child said what auto resolved to."""
+    child, _, precision = side.partition(" ")
+    if not precision:
+        return child
+    resolved = r.get("precision")
+    return f"{child} ({precision}: {resolved})" if resolved and resolved != precision else f"{child} ({precision})"
 
 
 def median_of(runs: list[dict], key) -> float | None:
@@ -442,21 +545,25 @@ def ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
-def print_table(results: dict[tuple[str, str], list[dict]], labels: list[str]) -> None:
-    header = f"{'task':12} {'figure':16} {'talbench':>10} {'original':>10} {'talbench/original':>18}"
+def print_table(results: dict[tuple[str, str], list[dict]], labels: list[str], sides: list[str]) -> None:
+    """One column per side, then talbench / original for each talbench side."""
+    ours = [s for s in sides if s != "original"]
+    names = {s: side_name(s, next((r for (_, side), rs in results.items() if side == s for r in rs if "precision" in r), {}))
+             for s in sides}
+    width = max(12, *(len(n) for n in names.values()))
+    header = f"{'task':12} {'figure':16} " + " ".join(f"{names[s]:>{width}}" for s in sides) + " " + \
+        " ".join(f"{'ratio ' + names[s].removeprefix('talbench '):>{width}}" for s in ours)
     print("\n" + header + "\n" + "-" * len(header))
-    rows = []
     for label in labels:
-        tal, ref = results[(label, "talbench")], results[(label, "original")]
         speed = "it/s" if label.startswith("train") else "videos/s"
-        rows.append((label, speed, median_of(tal, rate), median_of(ref, rate), ".3f"))
-        rows.append(("", "padded T (mean)", median_of(tal, lambda r: r["padded_T"]), median_of(ref, lambda r: r["padded_T"]), ".0f"))
+        figures = [(speed, rate, ".3f"), ("padded T (mean)", lambda r: r["padded_T"], ".0f")]
         if not label.startswith("train"):
-            rows.append(("", "detections", median_of(tal, lambda r: r["dets"]), median_of(ref, lambda r: r["dets"]), ".0f"))
-            rows.append(("", "sum of scores", median_of(tal, lambda r: r["score_sum"]), median_of(ref, lambda r: r["score_sum"]), ".3f"))
-        rows.append(("", "peak RSS MiB", median_of(tal, lambda r: r["peak_rss_mib"]), median_of(ref, lambda r: r["peak_rss_mib"]), ".0f"))
-    for label, figure, t, o, spec in rows:
-        print(f"{label:12} {figure:16} {fmt(t, spec):>10} {fmt(o, spec):>10} {ratio(t, o):>18}")
+            figures += [("detections", lambda r: r["dets"], ".0f"), ("sum of scores", lambda r: r["score_sum"], ".3f")]
+        figures.append(("peak RSS MiB", lambda r: r["peak_rss_mib"], ".0f"))
+        for i, (figure, key, spec) in enumerate(figures):
+            values = {s: median_of(results[(label, s)], key) for s in sides}
+            row = f"{label if i == 0 else '':12} {figure:16} " + " ".join(f"{fmt(values[s], spec):>{width}}" for s in sides)
+            print(row + " " + " ".join(f"{ratio(values[s], values['original']):>{width}}" for s in ours))
 
 
 def machine_line(threads: int) -> str:
@@ -465,10 +572,85 @@ def machine_line(threads: int) -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
         cpu = re.search(r"model name\s*:\s*(.*)", info).group(1).strip()
-        flags = ", AVX-512" if re.search(r"\bavx512f\b", info) else ", no AVX-512"
+        found = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_tile"))
+                 if re.search(rf"\b{flag}\b", info)]
+        flags = ", " + (", ".join(found) if found else "no AVX-512")
     except (OSError, AttributeError):
         pass
     return f"{platform.node()}: {cpu} ({os.cpu_count()} cores{flags}); {threads} torch threads per child"
+
+
+def speed_runs(a: argparse.Namespace, configs: dict[int, Path], sides: list[str], pythons: dict[str, str]) -> None:
+    """Training and inference speed, interleaved, medians over rounds, one table."""
+    tasks = [(f"train {n}", "train", configs[n]) for n in a.lengths] + [(f"infer {n}", "infer", configs[n]) for n in a.infer_lengths]
+    results: dict[tuple[str, str], list[dict]] = {(label, side): [] for label, _, _ in tasks for side in sides}
+    versions, cpp_nms = set(), set()
+    for rnd in range(a.rounds):
+        order = sides if rnd % 2 == 0 else sides[::-1]
+        for label, task, config in tasks:
+            for side in order:
+                r = run_child(pythons[side], side, task, config, a)
+                results[(label, side)].append(r)
+                versions.add((side.split()[0], r.get("torch")))
+                if "cpp_nms" in r:
+                    cpp_nms.add(r["cpp_nms"])
+                show_progress(side, label, r)
+    print_table(results, [label for label, _, _ in tasks], sides)
+    print("\ntorch: " + ", ".join(f"{s} {v}" for s, v in sorted(versions) if v))
+    if cpp_nms:
+        print("original NMS: " + ("its C++ extension nms_1d_cpu" if cpp_nms == {True} else "PURE-PYTHON FALLBACK (nms_1d_cpu did not load)"))
+    print("ratios: talbench / original (speed above 1 = talbench faster; RSS below 1 = talbench smaller); "
+          "with bf16 the detections differ from the original's in rounding, so counts and score sums differ slightly")
+
+
+def average_map(predictions: str, json_file: Path) -> float:
+    """Average mAP (THUMOS14 protocol, tIoU 0.3:0.7) of a results file, by talbench's evaluator, for both sides."""
+    from talbench.data.registry import load_registry
+    from talbench.eval.detection import evaluate_detection
+    from talbench.eval.inputs import ground_truth, load_annotations, load_predictions
+
+    spec = load_registry().datasets["thumos14"]
+    gt = load_annotations(json_file)
+    preds, _ = load_predictions(Path(predictions), gt, num_classes=None)
+    return 100 * evaluate_detection(ground_truth(gt, "test"), preds, spec.tiou_thresholds()).average_mAP
+
+
+def accuracy_runs(a: argparse.Namespace, config: Path, json_file: Path, sides: list[str], pythons: dict[str, str]) -> None:
+    """Train every side once per seed with the recipe in `config`, score EMA and raw weights, compare the seed means."""
+    scores: dict[str, dict[str, list[float]]] = {s: {"ema": [], "model": []} for s in sides}
+    names: dict[str, str] = {}
+    print(f"\naccuracy: each side trained with seeds {a.accuracy_seeds} ({a.accuracy_epochs} epochs + "
+          f"{a.accuracy_warmup} warm-up), EMA {EMA_DECAY} without warm-up; average mAP by talbench's THUMOS14 evaluator", flush=True)
+    for i, seed in enumerate(a.accuracy_seeds):
+        for side in (sides if i % 2 == 0 else sides[::-1]):
+            out = WORK / "work" / "accuracy" / f"{side.replace(' ', '-')}-seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            r = run_child(pythons[side], side, "fit", config, a, seed=seed, weights=out)
+            if r.get("failed"):
+                continue
+            names[side] = side_name(side, r)
+            maps = {which: average_map(path, json_file) for which, path in r["files"].items()}
+            for which, value in maps.items():
+                scores[side][which].append(value)
+            print(f"  seed {seed} {names[side]:22} average mAP EMA {maps['ema']:6.2f}  raw {maps['model']:6.2f}  "
+                  f"({r['steps']} iterations in {r['train_s']:.0f} s)", flush=True)
+    header = f"\n{'side':24} {'weights':8} {'mean':>7} {'sd':>6} {'n':>3}   {'diff vs original (SE)':>22}  verdict"
+    print(header + "\n" + "-" * (len(header) - 1))
+    for which in ("ema", "model"):
+        ref = scores["original"][which]
+        for side in sides:
+            values = scores[side][which]
+            if not values:
+                continue
+            mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+            line = f"{names.get(side, side):24} {'EMA' if which == 'ema' else 'raw':8} {mean:7.2f} {sd:6.2f} {len(values):3d}"
+            if side != "original" and len(values) > 1 and len(ref) > 1:
+                diff = mean - statistics.mean(ref)
+                se = (statistics.variance(values) / len(values) + statistics.variance(ref) / len(ref)) ** 0.5
+                verdict = "within noise (|diff| < 2 SE)" if abs(diff) < 2 * se or diff == 0 else "DIFFERENT (|diff| >= 2 SE)"
+                line += f"   {diff:+12.2f} ({se:5.2f})  {verdict}"
+            print(line)
+    print("sd: between seeds (run-to-run noise); SE of the difference of the two seed means")
 
 
 def parent_main(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -480,7 +662,8 @@ def parent_main(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     json_file, feats = ensure_twin(Path(a.data), a.talbench_python)
     twin = describe_twin(json_file, feats)
     configs = {n: write_config(Path(a.config), json_file, feats, n) for n in sorted(set(a.lengths) | set(a.infer_lengths))}
-    pythons = {"talbench": a.talbench_python, "original": a.ref_python}
+    sides = [f"talbench {p}" for p in a.precisions] + ["original"]
+    pythons = {s: a.ref_python if s == "original" else a.talbench_python for s in sides}
     if a.infer_lengths:
         init = run_child(a.ref_python, "original", "init", configs[a.infer_lengths[0]], a)
         if init.get("failed"):
@@ -491,25 +674,10 @@ def parent_main(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
           f"{twin['channels']}-d features, {twin['classes']} classes; config {a.config} (paths, max_seq_len replaced)")
     print(f"training: {a.warmup} warm-up + {a.iters} timed iterations; inference: 1 warm-up + "
           f"{a.videos or 'all'} test videos; {a.rounds} round(s), interleaved")
-    tasks = [(f"train {n}", "train", configs[n]) for n in a.lengths] + [(f"infer {n}", "infer", configs[n]) for n in a.infer_lengths]
-    results: dict[tuple[str, str], list[dict]] = {(label, side): [] for label, _, _ in tasks for side in SIDES}
-    versions = set()
-    cpp_nms = set()
-    for rnd in range(a.rounds):
-        order = SIDES if rnd % 2 == 0 else SIDES[::-1]
-        for label, task, config in tasks:
-            for side in order:
-                r = run_child(pythons[side], side, task, config, a)
-                results[(label, side)].append(r)
-                versions.add((side, r.get("torch")))
-                if "cpp_nms" in r:
-                    cpp_nms.add(r["cpp_nms"])
-                show_progress(side, label, r)
-    print_table(results, [label for label, _, _ in tasks])
-    print("\ntorch: " + ", ".join(f"{s} {v}" for s, v in sorted(versions) if v))
-    if cpp_nms:
-        print("original NMS: " + ("its C++ extension nms_1d_cpu" if cpp_nms == {True} else "PURE-PYTHON FALLBACK (nms_1d_cpu did not load)"))
-    print("ratios: talbench / original (speed above 1 = talbench faster; RSS below 1 = talbench smaller)")
+    speed_runs(a, configs, sides, pythons)
+    if a.accuracy_seeds:
+        recipe = write_config(Path(a.config), json_file, feats, a.accuracy_length, epochs=(a.accuracy_epochs, a.accuracy_warmup))
+        accuracy_runs(a, recipe, json_file, sides, pythons)
 
 
 def main() -> None:
@@ -519,6 +687,8 @@ def main() -> None:
     parser.add_argument("--talbench-python", default=sys.executable, help="Python of talbench's venv (default: this one)")
     parser.add_argument("--data", default=str(WORK / "data"), help="folder of the THUMOS14 twin (made if missing)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "thumos_i3d.yaml"), help="base config (the original's YAML layout)")
+    parser.add_argument("--precisions", nargs="+", default=["auto", "fp32"], choices=["auto", "fp32", "bf16"],
+                        help="talbench's train_cfg/test_cfg.precision, one talbench side each")
     parser.add_argument("--lengths", type=int, nargs="*", default=[576, 2304], help="training max_seq_len values")
     parser.add_argument("--infer-lengths", type=int, nargs="*", default=[576, 2304], help="max_seq_len values for inference")
     parser.add_argument("--iters", type=int, default=30, help="timed training iterations")
@@ -527,11 +697,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the interleaved sequence; medians reported")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per child")
     parser.add_argument("--seed", type=int, default=0, help="order of the training batches")
-    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--task", choices=["train", "infer", "init"], help=argparse.SUPPRESS)
+    parser.add_argument("--accuracy-seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="accuracy: train each side once per seed (none: skip the accuracy part)")
+    parser.add_argument("--accuracy-epochs", type=int, default=10, help="accuracy: epochs after the warm-up")
+    parser.add_argument("--accuracy-warmup", type=int, default=2, help="accuracy: warm-up epochs")
+    parser.add_argument("--accuracy-length", type=int, default=576, help="accuracy: training max_seq_len")
+    parser.add_argument("--child", choices=["talbench", "original"], help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=["train", "infer", "init", "fit"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.child:
+        a.precision = a.precisions[0]
         child_main(a)
     else:
         parent_main(a, parser)

@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from talbench.io import recover_outputs, staged_outputs
     from talbench.pipeline import resolve_experiment, tracked_run
-    from talbench.tracking import EpochLogger, seed_run, system_metrics
+    from talbench.tracking import EpochLogger, seed_run, system_metrics, tag_precision
     from talbench.training import train
 
     exp = resolve_experiment(args.experiment, args.params, args.outputs)
@@ -56,7 +56,8 @@ def _train(args: argparse.Namespace) -> None:
             summary = train(exp.seed_config(seed), folder, resume=args.resume, overwrite=True,
                             on_epoch=EpochLogger(seed_run_id).log_epoch)
         histories[seed] = summary["history"]
-        print(f"{exp.name}: seed {seed}: trained {summary['steps']} iterations in {summary['seconds']:.0f} s")
+        tag_precision(seed_run_id, summary["precision"])
+        print(f"{exp.name}: seed {seed}: trained {summary['steps']} iterations in {summary['seconds']:.0f} s ({summary['precision']})")
     with staged_outputs(exp.output, "train") as tmp:
         _write_curve(tmp / "train_curve.csv", histories)
         work.rename(tmp / "train")

@@ -254,7 +254,7 @@ def train(
     summary = run_training(_config(config, params, sets), output, resume=resume, overwrite=overwrite, device=device)
     if "history" in summary and summary["history"]:
         last = summary["history"][-1]
-        print(f"trained {summary['steps']} iterations in {summary['seconds']:.0f} s; last epoch loss {last['final_loss']:.4f}; checkpoint {output / 'last.ckpt'}")
+        print(f"trained {summary['steps']} iterations in {summary['seconds']:.0f} s ({summary['precision']}); last epoch loss {last['final_loss']:.4f}; checkpoint {output / 'last.ckpt'}")
 
 
 @app.command()

@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
         "dropout": 0.1,
         "droppath": 0.1,
         "label_smoothing": 0.0,
+        # talbench: bf16 autocast where the hardware computes bf16 natively (CUDA, CPUs with
+        # AVX512-BF16 or AMX), else fp32; or "fp32" / "bf16" to choose
+        "precision": "auto",
     },
     "test_cfg": {
         "pre_nms_thresh": 0.001,
@@ -96,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
         # talbench: bounded-memory inference on long videos (0: whole video at once)
         "chunk_size": 0,
         "chunk_overlap": 0.25,
+        "precision": "auto",  # talbench: as train_cfg.precision, for inference
     },
     "opt": {
         "type": "AdamW",
@@ -214,6 +218,9 @@ class ModelConfig(Strict):
         return self
 
 
+Precision = Annotated[Literal["auto", "fp32", "bf16"], Field(description="auto, fp32 or bf16")]
+
+
 class TrainConfig(Strict):
     center_sample: Literal["radius", "none"]
     center_sample_radius: NonNegative
@@ -225,6 +232,7 @@ class TrainConfig(Strict):
     dropout: UnitOpen
     droppath: UnitOpen
     label_smoothing: Fraction
+    precision: Precision
 
 
 class TestConfig(Strict):
@@ -241,6 +249,7 @@ class TestConfig(Strict):
     voting_thresh: Fraction
     chunk_size: Natural
     chunk_overlap: UnitOpen
+    precision: Precision
 
     @field_validator("nms_method")
     @classmethod

@@ -34,14 +34,17 @@ def windows(length: int, chunk: int, overlap: float) -> list[int]:
 def video_candidates(model: torch.nn.Module, item: VideoItem, device: torch.device, test_cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pre-NMS candidates (grid units) of one video, whole or in overlapping windows."""
     from talbench.models import pad_batch
+    from talbench.training import precision_context, resolve_precision
 
+    cast = precision_context(resolve_precision(test_cfg.get("precision", "auto"), device), device)
     feats = item.feats.to(device)
     chunk = int(test_cfg.get("chunk_size") or 0)
     parts = []
     for start in windows(feats.shape[1], chunk, float(test_cfg.get("chunk_overlap", 0.25))):
         window = feats[:, start: start + chunk] if chunk > 0 else feats
         batch, masks = pad_batch([window], model.max_div_factor)
-        out = model(batch, masks)[0]
+        with cast:
+            out = model(batch, masks)[0]
         parts.append((out["segments"] + start, out["scores"], out["labels"]))
     return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
 
@@ -64,10 +67,9 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
 
     `source` names the checkpoint the weights came from, for the error line when they do not fit the config.
     """
-    from talbench.eval.nms import postprocess_video
     from talbench.models import build_model
     from talbench.progress import Progress
-    from talbench.training import load_weights
+    from talbench.training import load_weights, precision_context, resolve_precision
 
     model = build_model(config["model"])
     load_weights(model, weights, source)
@@ -76,21 +78,29 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
     ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
     results: dict[str, list[dict[str, Any]]] = {}
     bar = Progress("inference", len(dataset), unit="video", enabled=progress)  # plain lines in logs, tqdm on a terminal
-    for i in range(len(dataset)):
-        item = dataset[i]
-        segments, scores, labels = video_candidates(model, item, device, test_cfg)
-        out = postprocess_video(segments, scores, labels, fps=item.fps, feat_stride=item.feat_stride,
-                                num_frames=item.feat_num_frames, duration=item.duration, nms_cfg=test_cfg)
-        if ext_scores is not None:
-            out = fuse_external_scores(out, ext_scores[item.video_id])
-        order = torch.argsort(out["scores"], descending=True, stable=True)
-        results[item.video_id] = [
-            {"label": int(out["labels"][j]), "score": float(out["scores"][j]), "segment": [float(x) for x in out["segments"][j]]}
-            for j in order.tolist()
-        ]
-        bar.update()
+    # one autocast region around all videos: the weights are cast to bf16 once, not once per video
+    with precision_context(resolve_precision(test_cfg["precision"], device), device):
+        for i in range(len(dataset)):
+            item = dataset[i]
+            results[item.video_id] = video_results(model, item, device, test_cfg, ext_scores)
+            bar.update()
     bar.close()
     return {"version": "talbench", "results": results, "external_data": {"used": ext_scores is not None}}
+
+
+def video_results(model: torch.nn.Module, item: VideoItem, device: torch.device, test_cfg: dict[str, Any],
+                  ext_scores: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+    """One video's detections, best first, in the ActivityNet results format."""
+    from talbench.eval.nms import postprocess_video
+
+    segments, scores, labels = video_candidates(model, item, device, test_cfg)
+    out = postprocess_video(segments, scores, labels, fps=item.fps, feat_stride=item.feat_stride,
+                            num_frames=item.feat_num_frames, duration=item.duration, nms_cfg=test_cfg)
+    if ext_scores is not None:
+        out = fuse_external_scores(out, ext_scores[item.video_id])
+    order = torch.argsort(out["scores"], descending=True, stable=True)
+    return [{"label": int(out["labels"][j]), "score": float(out["scores"][j]), "segment": [float(x) for x in out["segments"][j]]}
+            for j in order.tolist()]
 
 
 def _external_scores(test_cfg: dict[str, Any], dataset_cfg: dict[str, Any], dataset: VideoDataset) -> dict[str, list[float]] | None:

@@ -197,6 +197,8 @@ CONFIG_CASES = [
     ("test_cfg.min_score=-0.1", "test_cfg: field 'min_score'", "got -0.1"),
     ("test_cfg.nms_sigma=0", "test_cfg: field 'nms_sigma'", "expected a number > 0, got 0"),
     ("test_cfg.chunk_overlap=1", "test_cfg: field 'chunk_overlap'", "expected a number in [0, 1)"),
+    ("train_cfg.precision=fp16", "train_cfg: field 'precision'", "expected auto, fp32 or bf16, got 'fp16'"),
+    ("test_cfg.precision=half", "test_cfg: field 'precision'", "expected auto, fp32 or bf16, got 'half'"),
     ("train_cfg.center_sample_radius=-1", "train_cfg: field 'center_sample_radius'", "expected a number >= 0, got -1"),
     ("train_cfg.center_sample=box", "train_cfg: field 'center_sample'", "valid: none, radius"),
     ("train_cfg.cls_prior_prob=0", "train_cfg: field 'cls_prior_prob'", "expected a number in (0, 1)"),

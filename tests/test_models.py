@@ -14,6 +14,7 @@ from torch import Tensor
 from talbench.models import ActionFormer, build_model, pad_batch
 from talbench.models.assignment import assign_labels
 from talbench.models.blocks import (
+    Dropout,
     MaskedConv1D,
     MaskedMultiHeadAttention,
     attention_banded,
@@ -21,6 +22,7 @@ from talbench.models.blocks import (
     band_mask,
     sinusoid_table,
 )
+from talbench.models.heads import concat_levels, split_levels
 from talbench.models.losses import ctr_diou_loss_1d, sigmoid_focal_loss
 from talbench.models.points import make_points
 
@@ -97,8 +99,8 @@ def test_pyramid_shapes(arch: tuple[int, int, int]) -> None:
     levels = 1 + arch[2]
     ranges = [[0, 4]] + [[2**i, 2 ** (i + 1)] for i in range(2, levels)] + [[2**levels, 10000]]
     model = build_model(tiny_cfg(backbone_arch=arch, regression_range=ranges, n_mha_win_size=[5] * levels))
-    t = model.max_div_factor
-    assert t == 2 ** (levels - 1) * 4
+    t = 3 * model.max_div_factor
+    assert model.max_div_factor == 2 ** (levels - 1)
     feats, masks = pad_batch([torch.randn(8, t - 3), torch.randn(8, 5)], model.max_div_factor)
     points, cls_logits, offsets, level_masks = model.forward_levels(feats, masks)
     assert len(points) == levels
@@ -112,9 +114,12 @@ def test_pyramid_shapes(arch: tuple[int, int, int]) -> None:
 
 
 def test_max_div_factor() -> None:
-    assert build_model(tiny_cfg(n_mha_win_size=19)).max_div_factor == 32 * 18
+    # the coarsest stride: the blocked attention takes any length
+    assert build_model(tiny_cfg(n_mha_win_size=19)).max_div_factor == 32
     assert build_model(tiny_cfg(n_mha_win_size=-1)).max_div_factor == 32
-    assert build_model(tiny_cfg(n_mha_win_size=[9, 9, 9, 9, 1, 1])).max_div_factor == 8 * 8
+    # with absolute position encodings, the original's factor (its table is interpolated to the padded length)
+    assert build_model(tiny_cfg(n_mha_win_size=19, use_abs_pe=True)).max_div_factor == 32 * 18
+    assert build_model(tiny_cfg(n_mha_win_size=[9, 9, 9, 9, 1, 1], use_abs_pe=True)).max_div_factor == 8 * 8
 
 
 def test_masked_conv_downsamples_mask() -> None:
@@ -176,6 +181,67 @@ def test_local_attention_matches_dense_reference(window: int) -> None:
         banded = attention_banded(q, k, v, valid, window)
         assert torch.isfinite(banded).all()
         torch.testing.assert_close(banded, fused, rtol=1e-5, atol=1e-5)  # identical even on padded queries
+
+
+@pytest.mark.parametrize("length,block", [(20, 1), (20, 3), (20, 8), (20, 64), (37, 16), (64, 32), (5, 4)])
+@pytest.mark.parametrize("window", [3, 9, 19])
+def test_blocked_attention_matches_fused_values_and_gradients(length: int, block: int, window: int) -> None:
+    """Any block size, lengths that are not a multiple of it, windows wider than a block: the same
+    outputs and the same (finite) gradients as the dense-mask kernel."""
+    torch.manual_seed(0)
+    qkv = [torch.randn(2, 3, length, 4, requires_grad=True) for _ in range(3)]
+    valid = torch.ones(2, length, dtype=torch.bool)
+    valid[1, length // 2 + 1:] = False
+    weight = torch.randn(2, 3, length, 4)  # a loss that reaches every output, padded queries included
+    blocked = attention_banded(*qkv, valid, window, block)
+    grads = torch.autograd.grad((blocked * weight).sum(), qkv)
+    fused = attention_sdpa(*qkv, valid, window)
+    expected = torch.autograd.grad((fused * weight).sum(), qkv)
+    torch.testing.assert_close(blocked, fused, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_drops_p_and_keeps_the_mean() -> None:
+    drop = Dropout(0.1).train()
+    x = torch.ones(400, 500)
+    torch.manual_seed(3)
+    out = drop(x)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.003  # 200k draws: sd 0.0007
+    assert torch.allclose(out[out != 0], torch.tensor(2**15 / (2**15 - round(0.1 * 2**15))))
+    assert abs(out.mean().item() - 1) < 0.01
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), out)  # the dropout stream is torch's: seeded runs repeat
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    grad = torch.autograd.grad(Dropout(0.5).train()(x.requires_grad_()).sum(), x)[0]
+    assert set(grad.unique().tolist()) <= {0.0, 2.0}
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Dropout(1.0)
+
+
+def test_heads_on_the_concatenated_pyramid_equal_per_level_heads() -> None:
+    """One conv over all levels (separated by zero gaps) gives each level exactly its own conv."""
+    model = perturbed(build_model(tiny_cfg())).eval()
+    gen = torch.Generator().manual_seed(1)
+    lengths = [32, 16, 8, 4, 2, 1]
+    feats = [torch.randn(2, 16, t, generator=gen) for t in lengths]
+    masks = [torch.ones(2, 1, t, dtype=torch.bool) for t in lengths]
+    for m in masks:
+        m[1, :, m.shape[-1] // 2 + 1:] = False
+    feats = [f * m for f, m in zip(feats, masks)]
+    with torch.no_grad():
+        cls = model.cls_head(feats, masks)
+        offsets = model.reg_head(feats, masks)
+        for level, (f, m) in enumerate(zip(feats, masks)):
+            alone_cls = model.cls_head.out(model.cls_head.trunk(f, m), m)[0]
+            alone_reg = F.relu(model.reg_head.scales[level](model.reg_head.out(model.reg_head.trunk(f, m), m)[0]))
+            torch.testing.assert_close(cls[level], alone_cls, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(offsets[level], alone_reg, rtol=1e-5, atol=1e-5)
+    x, mask = concat_levels(feats, masks, gap=2)
+    assert x.shape[-1] == sum(lengths) + 2 * 5 and not mask[..., 32:34].any()
+    assert all(torch.equal(a, b) for a, b in zip(split_levels(x, lengths, 2), feats))
 
 
 def test_attention_module_has_no_nan_for_far_padded_queries() -> None:

@@ -250,6 +250,7 @@ def _check_mlflow(project):
             assert len(client.get_metric_history(seed_run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
             assert client.get_metric_history(seed_run.info.run_id, "system/cpu_utilization_percentage")
             assert "average_mAP_low" in seed_run.data.metrics and "seeds" not in seed_run.data.metrics
+            assert seed_run.data.tags["precision"] in ("fp32", "bf16")  # what train_cfg.precision auto resolved to
         assert client.search_model_versions(f"name='talbench-{run.data.tags['experiment']}'")
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/pr_curve.csv", "plots/pr_curve.png", "plots/map_vs_tiou.csv", "plots/train_curve.csv"} <= plots

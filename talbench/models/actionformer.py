@@ -57,7 +57,7 @@ class ActionFormer(nn.Module):
     """Anchor-free temporal action localisation on a multi-scale transformer pyramid.
 
     Built from the YAML `model:` section (see `build_model`). Inputs are padded batches: feats
-    [B, C, T] and masks [B, 1, T] (True = real step), T a multiple of `max_div_factor`.
+    [B, C, T] and masks [B, 1, T] (True = real step), T a multiple of `max_div_factor` (`pad_batch` pads so).
     """
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
@@ -75,9 +75,14 @@ class ActionFormer(nn.Module):
                 f"model.regression_range has {len(self.regression_range)} entries, the pyramid has {num_levels} levels"
             )
         windows = _per_level(cfg["n_mha_win_size"], num_levels)
-        # A windowed level of stride s wants s * (w // 2) * 2 steps; the lcm (the max in every published config)
-        # also keeps T divisible by every level's stride.
-        self.max_div_factor = math.lcm(*(s * (w // 2) * 2 if w > 1 else s for s, w in zip(self.strides, windows)))
+        # Input lengths must halve evenly down the pyramid: a multiple of the coarsest stride. The original
+        # pads further, to a multiple of stride * (w // 2) * 2 for its chunked attention; the blocked attention
+        # needs no more (less padding: less work). With absolute position encodings, a video longer than
+        # max_seq_len gets the table interpolated to its padded length: there the original's factor keeps
+        # its outputs.
+        self.max_div_factor = self.strides[-1]
+        if cfg["use_abs_pe"]:
+            self.max_div_factor = math.lcm(*(s * (w // 2) * 2 if w > 1 else s for s, w in zip(self.strides, windows)))
 
         # Lists for both: per-feature-type projections, then the model width is sum(embd_dim).
         input_dim, type_embd_dim = cfg["input_dim"], cfg["embd_dim"]

@@ -14,6 +14,7 @@ from talbench.tracking.mlflow_tracking import (
     score_metrics,
     seed_run,
     system_metrics,
+    tag_precision,
     tracking_uri,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "score_metrics",
     "seed_run",
     "system_metrics",
+    "tag_precision",
     "tracking_uri",
 ]

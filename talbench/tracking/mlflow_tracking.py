@@ -48,6 +48,7 @@ ROLE_TAG = "talbench.role"
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_TAG = "experiment"
 SEED_TAG = "seed"
+PRECISION_TAG = "precision"  # what train_cfg.precision resolved to on the machine that trained
 ALIAS = "challenger"  # a fresh model challenges the `champion` a person promotes
 
 # MLflow's limits (mlflow.utils.validation): longer param values are rejected, not truncated,
@@ -269,6 +270,11 @@ def seed_run(experiment_run_id: str, seed: int) -> str:
     name = parent.data.tags.get(EXPERIMENT_TAG, parent.info.run_name)
     tags = {PARENT_TAG: experiment_run_id, EXPERIMENT_TAG: name, ROLE_TAG: "seed", SEED_TAG: str(int(seed))}
     return _find_or_create(client, parent.info.experiment_id, tags, run_name=f"{name}/seed-{int(seed)}")
+
+
+def tag_precision(run_id: str, precision: str) -> None:
+    """The resolved training precision (fp32 or bf16) of a seed's run: `auto` depends on the machine."""
+    tracking_client().set_tag(run_id, PRECISION_TAG, precision)
 
 
 def log_seed_run(experiment_run_id: str, seed: int, *, history: Sequence[Mapping[str, Any]] = (),

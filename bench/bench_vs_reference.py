@@ -59,7 +59,7 @@ functions (load_config, make_dataset, make_meta_arch, make_optimizer, make_sched
 model's own inference + batched_nms) the way those CLIs do.
 
 Run (on 2 cores, AMD EPYC with AVX-512 and AVX512-BF16, the speed part takes ~6 min and the accuracy part
-~40 min; nothing else should run during the speed part):
+~55 min; nothing else should run during the speed part):
 
     .venv/bin/python bench/bench_vs_reference.py --setup          # once: the original's environment
     .venv/bin/python bench/bench_vs_reference.py [--precisions auto fp32] [--iters 30] [--warmup 3] [--rounds 1]

@@ -35,9 +35,9 @@ from talbench.config import load_config  # noqa: E402
 from talbench.data.dataset import VideoItem  # noqa: E402
 from talbench.data.registry import load_registry  # noqa: E402
 from talbench.eval.nms import postprocess_video  # noqa: E402
-from talbench.inference import video_candidates  # noqa: E402
+from talbench.inference import inference_precision, video_candidates  # noqa: E402
 from talbench.models import build_model  # noqa: E402
-from talbench.training import native_bf16, precision_context  # noqa: E402
+from talbench.training import native_bf16  # noqa: E402
 
 PUBLISHED = ROOT / "configs" / "thumos_i3d.yaml"
 FPS = 30.0
@@ -148,8 +148,9 @@ def main() -> None:
         videos = make_videos(config, lengths)
         warm, timed = videos[: args.warmup], videos[args.warmup:]
         for (mode, cfg), precision in ((m, p) for m in modes for p in precisions):
-            with precision_context(precision, device):  # as talbench.inference.predict: one region for all videos
-                r = bench_mode(model, warm, timed, device, {**cfg, "precision": precision})
+            mode_cfg = {**cfg, "precision": precision}
+            with inference_precision(mode_cfg, device):  # as talbench.inference.predict: one region for all videos
+                r = bench_mode(model, warm, timed, device, mode_cfg)
             peak = f"{r['peak_gib']:8.2f}" if r["peak_gib"] is not None else f"{'-':>8}"
             med_t = int(statistics.median(v.feats.shape[1] for v in timed))
             print(f"{precision:10} {device.type:6} {mode:11} {label:>9} {med_t:8d} {r['cands']:6.0f} {r['kept']:5.0f} "

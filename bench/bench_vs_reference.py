@@ -352,9 +352,9 @@ def talbench_infer(a: argparse.Namespace) -> dict:
     import torch
     from talbench.config import load_config
     from talbench.data.dataset import VideoDataset
-    from talbench.inference import video_results
+    from talbench.inference import inference_precision, video_results
     from talbench.models import build_model
-    from talbench.training import precision_context, resolve_precision
+    from talbench.training import resolve_precision
 
     config, _ = load_config(a.config, overrides={"test_cfg.precision": a.precision})
     ds = VideoDataset(config["dataset"], config["val_split"], is_training=False)
@@ -373,7 +373,7 @@ def talbench_infer(a: argparse.Namespace) -> dict:
         found["dets"] += len(detections)
         found["score_sum"] += sum(d["score"] for d in detections)
 
-    with precision_context(precision, device):  # as predict: one autocast region around all videos
+    with inference_precision(test_cfg, device):  # as predict: one autocast region around all videos
         return infer_loop(step, test_ids(list(index), a.videos), seen, found) | {"precision": precision}
 
 

@@ -30,13 +30,20 @@ def windows(length: int, chunk: int, overlap: float) -> list[int]:
     return starts + [length - chunk]
 
 
+def inference_precision(test_cfg: dict[str, Any], device: torch.device) -> torch.autocast:
+    """The autocast region of test_cfg.precision on `device`. Around many videos, the weights are
+    cast to bf16 once for all of them instead of once per video."""
+    from talbench.training import precision_context, resolve_precision
+
+    return precision_context(resolve_precision(test_cfg.get("precision", "auto"), device), device)
+
+
 @torch.no_grad()
 def video_candidates(model: torch.nn.Module, item: VideoItem, device: torch.device, test_cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pre-NMS candidates (grid units) of one video, whole or in overlapping windows."""
     from talbench.models import pad_batch
-    from talbench.training import precision_context, resolve_precision
 
-    cast = precision_context(resolve_precision(test_cfg.get("precision", "auto"), device), device)
+    cast = inference_precision(test_cfg, device)
     feats = item.feats.to(device)
     chunk = int(test_cfg.get("chunk_size") or 0)
     parts = []
@@ -69,7 +76,7 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
     """
     from talbench.models import build_model
     from talbench.progress import Progress
-    from talbench.training import load_weights, precision_context, resolve_precision
+    from talbench.training import load_weights
 
     model = build_model(config["model"])
     load_weights(model, weights, source)
@@ -78,8 +85,7 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
     ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
     results: dict[str, list[dict[str, Any]]] = {}
     bar = Progress("inference", len(dataset), unit="video", enabled=progress)  # plain lines in logs, tqdm on a terminal
-    # one autocast region around all videos: the weights are cast to bf16 once, not once per video
-    with precision_context(resolve_precision(test_cfg["precision"], device), device):
+    with inference_precision(test_cfg, device):  # one region around all videos
         for i in range(len(dataset)):
             item = dataset[i]
             results[item.video_id] = video_results(model, item, device, test_cfg, ext_scores)

@@ -50,6 +50,13 @@ def split_levels(x: Tensor, lengths: list[int], gap: int) -> list[Tensor]:
     return list(x.split(sizes, dim=-1)[::2])
 
 
+def on_pyramid(trunk: _Trunk, out: MaskedConv1D, feats: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
+    """A head (trunk, then output conv) over every level at once: per level [B, C_out, T_l]."""
+    gap = out.conv.kernel_size[0] // 2
+    x, mask = concat_levels(feats, masks, gap)
+    return split_levels(out(trunk(x, mask), mask)[0], [f.shape[-1] for f in feats], gap)
+
+
 class ClsHead(nn.Module):
     """Per-level class logits [B, num_classes, T_l]; the output bias starts at the prior probability's logit."""
 
@@ -77,9 +84,7 @@ class ClsHead(nn.Module):
             bias.data[list(empty_cls)] = -math.log((1 - 1e-6) / 1e-6)
 
     def forward(self, feats: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
-        gap = self.out.conv.kernel_size[0] // 2
-        x, mask = concat_levels(feats, masks, gap)
-        return split_levels(self.out(self.trunk(x, mask), mask)[0], [f.shape[-1] for f in feats], gap)
+        return on_pyramid(self.trunk, self.out, feats, masks)
 
 
 class RegHead(nn.Module):
@@ -97,7 +102,5 @@ class RegHead(nn.Module):
     def forward(self, feats: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
         if len(feats) != len(self.scales):
             raise ValueError(f"expected {len(self.scales)} pyramid levels, got {len(feats)}")
-        gap = self.out.conv.kernel_size[0] // 2
-        x, mask = concat_levels(feats, masks, gap)
-        out = split_levels(self.out(self.trunk(x, mask), mask)[0], [f.shape[-1] for f in feats], gap)
-        return [F.relu(scale(level)) for scale, level in zip(self.scales, out)]
+        levels = on_pyramid(self.trunk, self.out, feats, masks)
+        return [F.relu(scale(level)) for scale, level in zip(self.scales, levels)]

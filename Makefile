@@ -11,18 +11,27 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lock clean
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml web/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip $(QUIET_PIP)
 	$(PY) -m pip install -q -r requirements.lock $(QUIET_PIP)
 	$(PY) -m pip install -q --no-deps -e . $(QUIET_PIP)
+	@# the CSS/JS of the Data Docs and plot pages, from npm's registry: the pages then work offline
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error
+	@# `dvc plots show` pages that draw offline: DVC's template with Vega inlined (talbench/dvc_page.py)
+	$(PY) -m talbench.dvc_page $(VENV)/share/talbench/dvc-plots.html
+	$(VENV)/bin/dvc config --local plots.html_template ../$(VENV)/share/talbench/dvc-plots.html
 	@# PYTHONDONTWRITEBYTECODE may be set here: without .pyc files the stack imports twice as slowly
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
-# The whole benchmark (dvc.yaml): stage commands run `python` from .venv.
+# The whole benchmark (dvc.yaml): stage commands run `python` from .venv; it ends with one table
+# of the results and the total time, or with the line saying that the pipeline failed.
 run: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 $(VENV)/bin/dvc repro
+	@started=$$(date +%s); \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 $(VENV)/bin/dvc repro || \
+	  { echo "error: make run: dvc repro failed: the failing stage's error is above; fix it and run make run again (finished stages are kept)" >&2; exit 1; }; \
+	$(VENV)/bin/talbench summary --started $$started
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -9,21 +9,26 @@ on stderr and exit status 2; earlier unpacked data is left as it was.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from talbench.commandline import DATA_ROOT_HELP, PARAMS_HELP, StageParser
 from talbench.data.fetch import prepare_dataset
 from talbench.data.registry import load_params, load_registry
 from talbench.errors import exit_status
 
 
+def arguments() -> StageParser:
+    parser = StageParser("fetch", "Fetch or build a dataset's archive, verify its md5 and unpack it.",
+                         writes="DATA_ROOT/<data.source>/DATASET/, the dataset laid out as its real release.")
+    parser.add_argument("dataset", help="A dataset of the registry, e.g. thumos14 or anet13_tsp.")
+    parser.add_argument("--params", type=Path, default=None, help=PARAMS_HELP)
+    parser.add_argument("--data-root", type=Path, default=None, help=DATA_ROOT_HELP)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch or build a dataset archive, verify its md5 and unpack it.")
-    parser.add_argument("dataset", help="a dataset of the registry, e.g. thumos14 or anet13_tsp")
-    parser.add_argument("--params", type=Path, default=None, help="params.yaml (default: ./params.yaml)")
-    parser.add_argument("--data-root", type=Path, default=None, help="data folder (default: data.root in params.yaml)")
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     return exit_status(lambda: prepare_dataset(args.dataset, load_registry(args.params), load_params(args.params)[1], args.data_root))
 
 

@@ -14,27 +14,33 @@ version and in outputs/EXPERIMENT/promotion.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from talbench.commandline import OUTPUTS_HELP, PARAMS_HELP, StageParser
 from talbench.errors import InputError, exit_status
 
 
+def arguments() -> StageParser:
+    parser = StageParser("promote", "Register tonight's model (nightly.experiment) and promote it if it beats the champion.",
+                         writes="OUTPUTS/EXPERIMENT/promotion.json; a model version, its tags and aliases in the MLflow registry.")
+    parser.add_argument("--params", type=Path, default=None, help=PARAMS_HELP)
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help=OUTPUTS_HELP)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Register tonight's model and promote it if it beats the champion.")
-    parser.add_argument("--params", type=Path, default=None)
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
-    args = parser.parse_args(argv)
+    args = arguments().parse_args(argv)
     return exit_status(lambda: promote_tonight(args.params, args.outputs))
 
 
 def promote_tonight(params_path: Path | None, outputs: Path) -> dict[str, Any]:
     from talbench.data.registry import NightlyParams, load_params
     from talbench.io import write_json
-    from talbench.pipeline import data_hash, resolve_experiment
+    from talbench.data.fetch import data_hash
+    from talbench.pipeline import resolve_experiment
     from talbench.tracking import check_reachable
     from talbench.tracking.mlflow_tracking import tracking_uri
     from talbench.tracking.promotion import promote, register_challenger

@@ -1,6 +1,7 @@
 """The `talbench` command line: thin wrappers that do I/O and call the library.
 
-Heavy imports stay inside the commands so `talbench --help` answers at once.
+Heavy imports stay inside the commands so `talbench --help` answers at once. Help, --version and
+usage errors look as those of the stage commands (talbench.commandline).
 """
 
 from __future__ import annotations
@@ -11,11 +12,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from talbench.errors import InputError, exit_status
+from talbench.commandline import OUTPUTS_HELP, PARAMS_HELP, VERSION_HELP, usage_error, version_line
+from talbench.errors import BAD_INPUT, InputError, exit_status
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproducible temporal action localization benchmarks.")
+# plain help (no rich panels): it is read in logs as often as on a terminal
+app = typer.Typer(add_completion=False, rich_markup_mode=None, help="Reproducible temporal action localization benchmarks.")
 
-ParamsOption = Annotated[Optional[Path], typer.Option("--params", help="params.yaml holding the dataset registry (default: ./params.yaml).")]
+ParamsOption = Annotated[Optional[Path], typer.Option("--params", help=PARAMS_HELP)]
+
+
+def _show_version(asked: bool) -> None:
+    if asked:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", help=VERSION_HELP, is_eager=True, callback=_show_version)] = False,
+) -> None:
+    pass
 
 
 def _twins(params: Optional[Path], likes: list[str], scale: str, seed: int, out: Path, unpack: bool, check_md5: bool) -> None:
@@ -58,30 +74,46 @@ def _twins(params: Optional[Path], likes: list[str], scale: str, seed: int, out:
     console.print(archive_table)
 
 
+# the options of `synth` and `synth-all`
+ScaleOption = Annotated[str, typer.Option(help="ci (about a minute of training), small, or full (the real sizes).")]
+SeedOption = Annotated[int, typer.Option(help="The same seed gives a byte-identical archive.")]
+TwinOutOption = Annotated[Path, typer.Option("--out", help="Folder for the archives and, unpacked, the datasets.")]
+UnpackOption = Annotated[bool, typer.Option(help="Also unpack each archive into --out, laid out like the real dataset.")]
+CheckMd5Option = Annotated[bool, typer.Option(help="Fail if an archive's md5 differs from the one params.yaml records (seed 0).")]
+
+
 @app.command()
 def synth(
     like: Annotated[str, typer.Argument(help="Which real dataset to twin: thumos14, anet13_tsp, epic100 or ego4d_mq.")],
-    scale: Annotated[str, typer.Option(help="ci (about a minute of training), small, or full (the real sizes).")] = "ci",
-    seed: Annotated[int, typer.Option(help="The same seed gives a byte-identical archive.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for the archive and, unpacked, the dataset.")] = Path("data/synthetic"),
-    unpack: Annotated[bool, typer.Option(help="Also unpack the archive into --out, laid out like the real dataset.")] = True,
-    check_md5: Annotated[bool, typer.Option(help="Fail if the archive's md5 differs from params.yaml (seed 0).")] = False,
+    scale: ScaleOption = "ci",
+    seed: SeedOption = 0,
+    out: TwinOutOption = Path("data/synthetic"),
+    unpack: UnpackOption = True,
+    check_md5: CheckMd5Option = False,
     params: ParamsOption = None,
 ) -> None:
-    """Make the synthetic twin of one benchmark dataset, in its real on-disk format."""
+    """Make the synthetic twin of one dataset, in its real format.
+
+    Writes: OUT/LIKE-SCALE-seedSEED.zip and, with --unpack, the dataset's folder in OUT.
+    """
     _twins(params, [like], scale, seed, out, unpack, check_md5)
 
 
 @app.command("synth-all")
 def synth_all(
-    scale: Annotated[str, typer.Option(help="ci, small or full.")] = "ci",
-    seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Path, typer.Option()] = Path("data/synthetic"),
-    unpack: Annotated[bool, typer.Option()] = True,
-    check_md5: Annotated[bool, typer.Option()] = False,
+    scale: ScaleOption = "ci",
+    seed: SeedOption = 0,
+    out: TwinOutOption = Path("data/synthetic"),
+    unpack: UnpackOption = True,
+    check_md5: CheckMd5Option = False,
     params: ParamsOption = None,
 ) -> None:
-    """Make the synthetic twins of all four benchmarks and print their summary."""
+    """Make the synthetic twins of all four benchmark datasets.
+
+    Prints their statistics and archives.
+
+    Writes: one archive per dataset in OUT and, with --unpack, each dataset's folder in OUT.
+    """
     from talbench.data.synthetic import PROFILES
 
     _twins(params, list(PROFILES), scale, seed, out, unpack, check_md5)
@@ -90,7 +122,7 @@ def synth_all(
 @app.command()
 def score(
     annotations: Annotated[Path, typer.Option(help="Ground truth in the ActivityNet/ActionFormer annotation format.")],
-    predictions: Annotated[Path, typer.Option(help='{"results": {video_id: [{"label", "score", "segment"}]}}')],
+    predictions: Annotated[Path, typer.Option(help='Detections in the ActivityNet results format: {"results": {video_id: [{"label", "score", "segment"}]}}.')],
     subset: Annotated[str, typer.Option(help="Subset of the annotations to score against (case-insensitive).")] = "test",
     tiou: Annotated[Optional[str], typer.Option(help="Thresholds: '0.3,0.5,0.7' (exact) or '0.3:0.7:5' (np.linspace, as the reference).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Registry dataset (e.g. thumos14): its tIoU thresholds and label space.")] = None,
@@ -100,7 +132,12 @@ def score(
     per_class: Annotated[bool, typer.Option(help="Also print AP per class.")] = False,
     params: ParamsOption = None,
 ) -> None:
-    """Score detections with the ActivityNet protocol: mAP per tIoU, average mAP, AP per class, Recall@KxN."""
+    """Score detections with the ActivityNet protocol.
+
+    Prints mAP per tIoU, average mAP, Recall@KxN and, with --per-class, AP per class.
+
+    Writes: the metrics JSON to --out, when given (the table is printed either way).
+    """
     from talbench.eval.detection import evaluate_detection, format_table, result_to_dict
     from talbench.eval.inputs import ground_truth, load_annotations, load_predictions
     from talbench.io import check_output_file, write_json
@@ -187,7 +224,12 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(help="Write the comparison JSON here (atomically).")] = None,
     params: ParamsOption = None,
 ) -> None:
-    """Paired bootstrap over test videos: is A's average mAP (or seed mean) better than B's, worse, or not distinguishable?"""
+    """Compare two sets of predictions by a paired bootstrap.
+
+    Resamples the test videos: is A's average mAP (or seed mean) better than B's, worse, or not distinguishable?
+
+    Writes: the comparison JSON to --out, when given (the verdict is printed either way).
+    """
     from talbench.eval.inputs import ground_truth, load_annotations
     from talbench.eval.statistics import comparison_to_dict, format_comparison, paired_bootstrap
     from talbench.io import check_output_file, write_json
@@ -212,6 +254,7 @@ def compare(
 
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value, e.g. --set opt.epochs=3 (repeatable).")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present).")]
 
 
 def _overrides(pairs: Optional[list[str]]) -> dict:
@@ -239,14 +282,19 @@ def _config(config: Path, params: Optional[Path], sets: Optional[list[str]]) -> 
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="An ActionFormer YAML config (the published layout).")],
-    output: Annotated[Path, typer.Option(help="Run folder: checkpoints (last.ckpt), config.yaml, metrics.jsonl.")],
-    resume: Annotated[bool, typer.Option(help="Continue from OUTPUT/last.ckpt if it exists.")] = False,
+    output: Annotated[Path, typer.Option("--out", "--output", help="Run folder: checkpoints (last.ckpt), config.yaml, metrics.jsonl.")],
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.ckpt if it exists.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over in a folder that holds a run; its files are replaced when the first epoch ends.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present).")] = None,
+    device: DeviceOption = None,
     sets: SetOption = None,
     params: ParamsOption = None,
 ) -> None:
-    """Train ActionFormer; a checkpoint is written atomically every epoch. Works under torchrun."""
+    """Train ActionFormer from a config; works under torchrun.
+
+    A checkpoint is written atomically every epoch.
+
+    Writes: OUT/last.ckpt (every epoch), OUT/config.yaml and OUT/metrics.jsonl (a line per epoch).
+    """
     from talbench.training import train as run_training
 
     if resume and overwrite:
@@ -263,12 +311,15 @@ def infer(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by `talbench train`.")],
     out: Annotated[Path, typer.Option(help="Detections in the ActivityNet results format.")],
     split: Annotated[str, typer.Option(help="test (the config's val_split), train, or a subset name.")] = "test",
-    device: Annotated[Optional[str], typer.Option()] = None,
+    device: DeviceOption = None,
     raw_weights: Annotated[bool, typer.Option(help="Use the raw weights instead of the EMA weights.")] = False,
     sets: SetOption = None,
     params: ParamsOption = None,
 ) -> None:
-    """Detect actions in every video of a split; writes what `talbench score` reads."""
+    """Detect actions in every video of a split.
+
+    Writes: OUT, the detections in the ActivityNet results format (what `talbench score` reads).
+    """
     from talbench.data.dataset import VideoDataset
     from talbench.inference import check_class_agnostic, predict
     from talbench.io import check_output_file, write_json
@@ -296,8 +347,77 @@ def _parse_tious(spec: str):
         raise InputError("--tiou", spec, "tiou", str(exc)) from None
 
 
+@app.command()
+def summary(
+    outputs: Annotated[Path, typer.Option(help=OUTPUTS_HELP)] = Path("outputs"),
+    report: Annotated[Path, typer.Option(help="Folder of the benchmark report (the report stage's --out).")] = Path("reports/benchmark"),
+    started: Annotated[Optional[float], typer.Option(help="When the run began, in seconds since the epoch (`date +%s`): adds the total wall time.")] = None,
+    params: ParamsOption = None,
+) -> None:
+    """Print one table of the results of every experiment.
+
+    For each experiment of params.yaml: average mAP (mean ± std over the training seeds), the
+    seeds, training and inference time per seed; then where the report and the MLflow runs are.
+    `make run` prints it after `dvc repro`. An experiment without scores (its evaluate stage did
+    not finish) is an error.
+
+    Writes: nothing.
+    """
+    from talbench.data.registry import load_params
+    from talbench.eval.detection import text_table
+    from talbench.pipeline import experiment_names
+    from talbench.progress import format_duration
+
+    _, raw = load_params(params)
+    results = {name: _experiment_results(outputs / name, name) for name in experiment_names(raw)}
+    header = ["experiment", "average mAP (%)", "seeds", "train / seed", "infer / seed"]
+    print("\n".join(text_table(header, [[name, *_summary_cells(scores)] for name, (scores, _) in results.items()])))
+    if started is not None:
+        import time
+
+        print(f"total wall time: {format_duration(time.time() - started)}")
+    pages = sorted(str(page) for page in (*report.glob("*.html"), *report.glob("*.md")))
+    print(f"report: {', '.join(pages) if pages else f'none in {report}: the report stage has not run'}")
+    for store in sorted({tracked["tracking_uri"] for _, tracked in results.values() if tracked}):
+        hint = "" if store.startswith("http") else f" (browse: mlflow ui --backend-store-uri {store})"
+        print(f"MLflow: {store}{hint}")
+
+
+def _experiment_results(folder: Path, name: str) -> tuple[dict, dict | None]:
+    """An experiment's scores.json and mlflow.json (None when not tracked); no scores is an error."""
+    from talbench.data.formats import read_json
+
+    path = folder / "scores.json"
+    if not path.is_file():
+        raise InputError(path, name, "scores", "missing: the experiment's evaluate stage has not finished; run `make run` (dvc repro)")
+    scores = read_json(path)
+    for key in ("average_mAP", "seeds"):
+        if key not in scores:
+            raise InputError(path, name, key, "missing: written by an older evaluate stage; run it again (dvc repro)")
+    tracked = folder / "mlflow.json"
+    return scores, read_json(tracked) if tracked.is_file() else None
+
+
+def _summary_cells(scores: dict) -> list[str]:
+    """average mAP ± its seed-to-seed std (in %), seeds, mean train and infer time per seed."""
+    from talbench.progress import format_duration
+
+    std = (scores.get("std") or {}).get("average_mAP")
+    value = f"{100 * scores['average_mAP']:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+    timing = scores.get("timing") or {}
+    times = [format_duration(timing[key]) if key in timing else "-" for key in ("train_s", "infer_s")]
+    return [value, ",".join(map(str, scores["seeds"])), *times]
+
+
 def main() -> None:
-    sys.exit(exit_status(app))
+    command = typer.main.get_command(app)
+    try:
+        status = exit_status(lambda: command.main(sys.argv[1:] or ["--help"], prog_name="talbench", standalone_mode=False))
+    except typer.TyperException as exc:  # a mistake in the command line itself (click's usage errors)
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "talbench"
+        print(usage_error(where, exc.format_message()), file=sys.stderr)
+        status = BAD_INPUT
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -122,31 +122,76 @@ def run_group(params_path: str | Path | None = None) -> str:
 
 
 def tracked_run(name: str, params_path: str | Path | None = None) -> tuple[str, str]:
-    """(parent run id, this experiment's run id); fails clearly if a configured server is unreachable."""
+    """(parent run id, this experiment's run id); fails clearly if a configured server is unreachable.
+
+    The parent run, made by the invocation's first tracked stage, is named `benchmark <UTC date
+    and time> <short commit>`, described (what the benchmark runs) and holds the pipeline params.
+    """
+    import time
+
     from talbench.tracking import check_reachable, experiment_run, parent_run
+    from talbench.tracking.mlflow_tracking import BENCHMARK_EXPERIMENT, NOTE_TAG, git_commit
 
     check_reachable()
-    parent = parent_run("talbench", run_group(params_path), {"talbench.params": str(params_path or "params.yaml")})
+    path, params = load_params(params_path)
+    commit = git_commit()
+    title = f"benchmark {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} {commit[:7]}"
+    tags = {"talbench.params": str(params_path or "params.yaml"), NOTE_TAG: _description(params, path, commit)}
+    parent = parent_run(BENCHMARK_EXPERIMENT, run_group(params_path), tags, name=title, params=_benchmark_params(params))
     return parent, experiment_run(parent, name)
 
 
-def data_hash(dataset: str, data_dir: str | Path) -> str:
-    """The version of the fetched dataset in `data_dir` (its archive's md5, from the MANIFEST.json the
-    fetch stage writes there), or 'unknown' where there is none or it is unreadable or not this dataset's.
+def _benchmark_params(params: dict[str, Any]) -> dict[str, str]:
+    """What one benchmark invocation runs, as the parent run's params."""
+    data = params.get("data") or {}
+    out = {"experiments": ", ".join(experiment_names(params)), "seeds": str(training_seeds(params)),
+           "datasets": ", ".join((params.get("pipeline") or {}).get("datasets") or []), "data.source": str(data.get("source", "synthetic"))}
+    if out["data.source"] == "synthetic":
+        out["synthetic.scale"] = str((params.get("synthetic") or {}).get("scale", ""))
+    return out
 
-    The manifest is part of the fetch stage's output, so it travels with the data (DVC, Airflow alike).
-    """
+
+def _description(params: dict[str, Any], path: Path, commit: str) -> str:
+    """The parent run's description (Markdown, shown at the top of the run's page)."""
+    names = experiment_names(params)
+    what = _benchmark_params(params)
+    data = f"{what['data.source']} data" + (f" ({what['synthetic.scale']} scale)" if "synthetic.scale" in what else "")
+    return (f"talbench benchmark of {len(names)} experiment(s) on {data}, each trained with seeds {what['seeds']} "
+            f"(mean ± std over seeds). Params: `{path}`; git commit `{commit}`.\n\n"
+            f"Each experiment is a child run below (scores, config, dataset input, predictions, plots, logs, "
+            f"the registered model); each of its seeds a run under it (training curve, training time). "
+            f"This run holds each experiment's average mAP (`average_mAP/<experiment>`) and the report (`report/`).\n\n"
+            + "\n".join(f"- {name}" for name in names))
+
+
+TRAIN_RECORD = "training.json"  # beside each seed's checkpoint: where and how long it trained
+
+
+def write_train_record(folder: Path, summary: dict[str, Any], resumed: bool = False) -> None:
+    """What a seed's training ran on (device, resolved precision) and its seconds, from training.train's
+    summary; a `resumed` training adds its seconds to the record's (a finished seed resumes in no time)."""
     import json
 
-    from talbench.data.fetch import MANIFEST
+    earlier = read_train_record(folder).get("train_s", 0.0) if resumed else 0.0
+    record = {"train_s": round(earlier + float(summary["seconds"]), 3), "device": summary["device"],
+              "precision": summary["precision"], "steps": summary["steps"]}
+    (folder / TRAIN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
+
+def read_train_record(folder: Path) -> dict[str, Any]:
+    """A seed's training record, or {} for a run trained before records were written."""
+    import json
+
+    path = folder / TRAIN_RECORD
+    if not path.exists():
+        return {}
     try:
-        manifest = json.loads((Path(data_dir) / MANIFEST).read_text(encoding="utf-8"))
-        if manifest["dataset"] == dataset and isinstance(manifest["content_hash"], str) and manifest["content_hash"]:
-            return manifest["content_hash"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        pass
-    return "unknown"
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(path, folder.name, "file", f"not JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("train_s"), (int, float)):
+        raise InputError(path, folder.name, "train_s", "expected the training's seconds, a number")
+    return record
 
 
 # -- the stage graph: dvc.yaml, expanded as DVC expands it -------------------------------------

@@ -6,10 +6,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def draw_precision_recall(ax: Any, recall: Sequence[float], curves: Mapping[str, Sequence[float]], title: str = "") -> None:
-    """One line per tIoU threshold; `curves` maps 'precision@0.50'-style columns to precisions."""
-    for column, precision in curves.items():
-        ax.plot(recall, [100 * p for p in precision], label=f"tIoU {column.split('@', 1)[1]}", linewidth=1.2)
+def tiou_colours(tious: Sequence[str]) -> dict[str, Any]:
+    """A colour per threshold ('0.50'), from dark (low) to light (high), spread evenly over the ones given."""
+    from matplotlib import colormaps
+
+    ordered = sorted(set(tious), key=float)
+    step = 0.85 / max(1, len(ordered) - 1)  # up to 0.85: the palest yellows are unreadable on white
+    return {t: colormaps["viridis"](i * step) for i, t in enumerate(ordered)}
+
+
+def draw_precision_recall(ax: Any, recall: Sequence[float], curves: Mapping[str, Sequence[float]], title: str = "",
+                          colours: Mapping[str, Any] | None = None) -> None:
+    """One line per tIoU threshold; `curves` maps 'precision@0.50'-style columns to precisions; `colours`
+    (by threshold) lets several axes share one legend."""
+    tious = [column.split("@", 1)[1] for column in curves]
+    colours = colours or tiou_colours(tious)
+    for tiou, precision in zip(tious, curves.values()):
+        ax.plot(recall, [100 * p for p in precision], label=f"tIoU {tiou}", linewidth=1.4, color=colours[tiou])
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 101)
     ax.set_xlabel("recall")
@@ -37,9 +50,9 @@ def save_precision_recall(path: Any, recall: Sequence[float], curves: Mapping[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4))
     draw_precision_recall(ax, recall, curves, title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: no curve hidden
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -269,7 +269,8 @@ def train(config: dict[str, Any], output: str | Path, *, resume: bool = False, o
     bar.close()
     if d.world > 1:
         dist.barrier()
-    return {"steps": step, "epochs": epochs, "seconds": time.time() - started, "history": history, "precision": precision}
+    return {"steps": step, "epochs": epochs, "seconds": time.time() - started, "history": history, "precision": precision,
+            "device": str(dev)}
 
 
 RUN_FILES = (CHECKPOINT, "metrics.jsonl", "config.yaml")

@@ -1,11 +1,14 @@
 """The command line as a user runs it: real processes, exit codes, one-line errors."""
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 TALBENCH = [sys.executable, "-m", "talbench.cli"]
@@ -107,3 +110,78 @@ def test_score_rejects_bad_predictions_with_one_line(tmp_path, results, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pred.json" in lines[0] and needle in lines[0], result.stderr
     assert out.read_text() == "earlier good output"
+
+
+# -- one command-line style: talbench and the stage commands (components/*.py) ------------------
+
+COMPONENTS = ("fetch", "validate", "train", "evaluate", "report", "promote")
+
+
+def _component_parser(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_component", ROOT / f"components/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.arguments()
+
+
+def _documented_options():
+    """(command, option names, help) of every option and argument of both CLIs, and (command, description) of each."""
+    from talbench.cli import app
+
+    group = typer.main.get_command(app)
+    options = [("talbench", tuple(p.opts), p.help) for p in group.params]
+    commands = []
+    for name, command in group.commands.items():
+        options += [(f"talbench {name}", tuple(p.opts), p.help) for p in command.params]
+        commands.append((f"talbench {name}", command.help))
+    for name in COMPONENTS:
+        parser = _component_parser(name)
+        options += [(parser.prog, tuple(a.option_strings) or (a.dest,), a.help) for a in parser._actions]
+        commands.append((parser.prog, f"{parser.description}\n{parser.epilog}"))
+    return options, commands
+
+
+def test_every_option_and_command_is_documented_in_one_style():
+    options, commands = _documented_options()
+    assert len(commands) == 7 + len(COMPONENTS)
+    for command, names, text in options:
+        assert text and text.strip().endswith("."), f"{command} {'/'.join(names)}: help {text!r}"
+    for command, text in commands:
+        assert text and re.search(r"^\s*Writes: \S", text, re.M), f"{command}: no 'Writes:' paragraph in {text!r}"
+    # an option shared by both CLIs is described once
+    for shared in ("--params", "--outputs"):
+        assert len({text for _, names, text in options if shared in names}) == 1, shared
+
+
+def test_version_is_the_package_and_the_checkout():
+    from importlib.metadata import version
+
+    talbench_line = run("--version")
+    stage_line = subprocess.run([sys.executable, str(ROOT / "components/train.py"), "--version"], capture_output=True, text=True, timeout=60)
+    assert talbench_line.returncode == stage_line.returncode == 0
+    assert talbench_line.stdout == stage_line.stdout
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert re.fullmatch(rf"talbench {re.escape(version('talbench'))} \(git {head}(-dirty)?\)\n", talbench_line.stdout), talbench_line.stdout
+
+
+@pytest.mark.parametrize("argv,command,needle", [
+    ([*TALBENCH, "synth"], "talbench synth", "Missing argument 'like'"),
+    ([*TALBENCH, "summary", "--bogus"], "talbench summary", "No such option: --bogus"),
+    ([*TALBENCH, "nope"], "talbench", "No such command 'nope'"),
+    ([sys.executable, str(ROOT / "components/train.py")], "python components/train.py", "the following arguments are required: experiment"),
+    ([sys.executable, str(ROOT / "components/report.py"), "--bogus"], "python components/report.py", "unrecognized arguments: --bogus"),
+])
+def test_a_usage_mistake_is_one_line_in_both_clis(argv, command, needle):
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert re.fullmatch(rf"error: {re.escape(command)}: .*{re.escape(needle)}.*; see '{re.escape(command)} --help'\n", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_a_stage_answers_help_without_the_heavy_imports(name):
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / f"components/{name}.py"), "--help"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"Usage: python components/{name}.py [--help] [--version]") and "\nWrites: " in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "mlflow", "great_expectations"}, name

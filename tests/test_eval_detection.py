@@ -259,7 +259,7 @@ def test_too_short_ground_truth_dropped():
     )
     assert r.classes.tolist() == [0]
     assert r.ap.tolist() == [[1.0]]
-    assert r.counts["predictions_unknown_class"] == 1
+    assert r.counts["predictions_of_classes_without_gt"] == 1
 
 
 def test_class_without_predictions_scores_zero():
@@ -295,7 +295,7 @@ def test_predictions_of_labels_absent_from_gt_are_ignored():
     extra = {"v1": [det(0, 10, 2, 0.99), *base["v1"], det(0, 10, 2, 0.1)]}
     a, b = evaluate(database, base), evaluate(database, extra)
     assert a.ap.tolist() == b.ap.tolist() == [[1.0]]
-    assert b.counts["predictions_unknown_class"] == 2
+    assert b.counts["predictions_of_classes_without_gt"] == 2
     assert b.classes.tolist() == [0]
 
 
@@ -393,6 +393,9 @@ def test_result_to_dict_and_table():
     assert out["counts"]["gt_instances"] == 2
     table = format_table(r, NAMES, per_class=True)
     assert "average mAP: 50.00" in table and "class1" in table and "R@5x" in table
+    assert table.splitlines()[-1] == ("counts: 2 ground-truth instances in 1 videos; 1 predictions, of which 0 of classes without "
+                                      "ground truth here (ignored: the protocol scores the classes that have instances) "
+                                      "and 0 on videos outside the subset (false positives)")
 
 
 # ---------------------------------------------------------------- oracle comparison

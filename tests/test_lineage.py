@@ -13,7 +13,7 @@ import yaml
 import talbench.data.fetch as fetch_module
 from talbench.errors import InputError
 from talbench.io import file_md5
-from talbench.pipeline import data_hash
+from talbench.data.fetch import data_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -61,7 +61,7 @@ def test_repro_runs_end_to_end_then_is_a_no_op(project):
         assert f"Running stage '{stage}'" in run.stdout
     for name in EXPERIMENTS:
         metrics = json.loads((project / "outputs" / name / "metrics.json").read_text())
-        assert set(metrics) == {"average_mAP", "average_mAP_std", "seeds", "mAP", "recall"}  # a readable `dvc metrics show`
+        assert set(metrics) == {"average_mAP", "average_mAP_std", "mAP@0.50", "R@1x@0.50", "seeds"}  # a readable `dvc metrics show`
         scores = json.loads((project / "outputs" / name / "scores.json").read_text())
         assert "AP_per_class" in scores and scores["interval"]["resamples"] == 1000
         assert set(scores["interval"]["mAP"]) == set(scores["mAP"])
@@ -227,31 +227,87 @@ def test_bad_archives_and_feature_files_stop_the_pipeline_at_the_right_stage(pro
 
 
 def _check_mlflow(project):
-    """One run per experiment in the project's mlruns/, under one parent, each with a registered model."""
+    """One run per experiment in the project's mlruns/, under one readable parent, each with a
+    registered model; names, params, inputs, artefacts and durations a user can work from."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns/mlflow.db'}")
     experiment = client.get_experiment_by_name("talbench")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
     runs = client.search_runs([experiment.experiment_id], "tags.`talbench.role` = 'experiment'")
     assert sorted(r.data.tags["experiment"] for r in runs) == sorted(EXPERIMENTS)
-    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+    (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    _check_parent(client, client.get_run(parent_id), runs)
+    # THUMOS14 (tIoU 0.3..0.7) and ActivityNet (0.5..0.95): the same names, mAP at a shared threshold included
+    by_threshold = [{k for k in r.data.metrics if "tIoU_" in k} for r in runs]
+    assert len({frozenset(set(r.data.metrics) - t) for r, t in zip(runs, by_threshold)}) == 1
+    assert {"mAP/tIoU_0.50", "mAP/tIoU_0.70", "recall/1x_tIoU_0.50"} <= set.intersection(*by_threshold)
+    md5 = yaml.safe_load((project / "params.yaml").read_text())["synthetic"]["md5"]
     for run in runs:
+        name, dataset = run.data.tags["experiment"], run.data.tags["dataset"]
         assert "average_mAP" in run.data.metrics and "opt.learning_rate" in run.data.params
         metrics = run.data.metrics  # the bootstrap interval over test videos and the spread over seeds, beside the number
-        assert metrics["average_mAP_low"] <= metrics["average_mAP_high"] and "mAP_at_0.50_low" in metrics
-        assert metrics["seeds"] == len(SEEDS) and metrics["average_mAP_std"] >= 0 and "mAP_at_0.50_std" in metrics
+        assert metrics["average_mAP_low"] <= metrics["average_mAP_high"] and "mAP_low/tIoU_0.50" in metrics
+        assert metrics["seeds"] == len(SEEDS) and metrics["average_mAP_std"] >= 0 and "mAP_std/tIoU_0.50" in metrics
+        timing = json.loads((project / "outputs" / name / "scores.json").read_text())["timing"]
+        assert metrics["train_time_s"] == pytest.approx(timing["train_s"]) and timing["train_s"] > 0
+        assert metrics["infer_time_s"] == pytest.approx(timing["infer_s"]) and timing["infer_s"] > 0
+        curve = sorted(m.step for m in client.get_metric_history(run.info.run_id, "mAP_vs_tIoU"))
+        assert curve == sorted(round(100 * float(k.split("_")[-1])) for k in metrics if k.startswith("mAP/"))
         assert run.data.tags["seeds"] == "0,1" and run.data.tags["model_seed"] == "0"
-        # the data's version from the MANIFEST.json fetch writes: the twin archive's md5
-        dataset = run.data.tags["dataset"]
-        assert run.data.tags["data_hash"] == yaml.safe_load((project / "params.yaml").read_text())["synthetic"]["md5"][dataset]["ci"]
-        seed_runs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
-        assert sorted(r.data.tags["seed"] for r in seed_runs) == [str(s) for s in SEEDS]
-        for seed_run in seed_runs:  # each seed's curve, machine usage and own scores
-            assert len(client.get_metric_history(seed_run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
-            assert client.get_metric_history(seed_run.info.run_id, "system/cpu_utilization_percentage")
-            assert "average_mAP_low" in seed_run.data.metrics and "seeds" not in seed_run.data.metrics
-            assert seed_run.data.tags["precision"] in ("fp32", "bf16")  # what train_cfg.precision auto resolved to
-        assert client.search_model_versions(f"name='talbench-{run.data.tags['experiment']}'")
+        # params are what ran: the device and precision of this machine, the real output folder
+        trained = json.loads((project / "outputs" / name / "train/seed-0/training.json").read_text())
+        params = run.data.params
+        assert params["devices"] == f"['{trained['device']}']" and params["output_folder"] == f"outputs/{name}"
+        assert params["train_cfg.precision"] == trained["precision"] in ("fp32", "bf16")
+        assert params["test_cfg.precision"] in ("fp32", "bf16") and params["inference_device"] == trained["device"]
+        # the data's version from the MANIFEST.json fetch writes (the twin archive's md5): a tag and the inputs' digest
+        assert run.data.tags["data_hash"] == md5[dataset]["ci"]
+        inputs = run.inputs.dataset_inputs
+        assert sorted(i.tags[0].value for i in inputs) == ["test", "train"]
+        assert {i.dataset.digest for i in inputs} == {md5[dataset]["ci"]}
+        _check_seed_runs(client, experiment.experiment_id, run, timing)
+        version = client.get_model_version(f"talbench-{name}", "1")
+        assert f"{name}: ActionFormer on {dataset}" in version.description and md5[dataset]["ci"] in version.description
+        assert version.tags["data_hash"] == md5[dataset]["ci"] and version.tags["dataset"] == dataset
+        assert float(version.tags["average_mAP"]) == pytest.approx(
+            json.loads((project / "outputs" / name / "scores.json").read_text())["per_seed"]["0"]["average_mAP"], abs=1e-6)
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/pr_curve.csv", "plots/pr_curve.png", "plots/map_vs_tiou.csv", "plots/train_curve.csv"} <= plots
         assert "scores.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "predictions")} == {f"predictions/seed-{s}.json" for s in SEEDS}
+        logs = {a.path: a for a in client.list_artifacts(run.info.run_id, "logs")}
+        assert set(logs) == {"logs/train.log", "logs/evaluate.log"} and all(a.file_size > 0 for a in logs.values())
+        train_log = Path(client.download_artifacts(run.info.run_id, "logs/train.log")).read_text()
+        assert f"{name}: seed 1: trained" in train_log
+
+
+def _check_parent(client, parent, runs):
+    """The invocation's run: a name, a description, each experiment's average mAP, the report."""
+    assert parent.info.run_name.startswith("benchmark ") and parent.data.tags["talbench.group"]
+    assert "talbench benchmark of 2 experiment(s)" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["seeds"] == str(SEEDS) and parent.data.params["data.source"] == "synthetic"
+    for run in runs:
+        name = run.data.tags["experiment"]
+        assert parent.data.metrics[f"average_mAP/{name}"] == run.data.metrics["average_mAP"]
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/benchmark.html" in report and "report/benchmark.md" in report
+
+
+def _check_seed_runs(client, experiment_id, run, timing):
+    """Each seed's curve, machine usage, own scores and times; its run lasts as long as its training."""
+    seed_runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(r.data.tags["seed"] for r in seed_runs) == [str(s) for s in SEEDS]
+    for seed_run in seed_runs:
+        seed = seed_run.data.tags["seed"]
+        assert len(client.get_metric_history(seed_run.info.run_id, "train/final_loss")) == 3 + 1  # epochs + warm-up
+        assert client.get_metric_history(seed_run.info.run_id, "system/cpu_utilization_percentage")
+        assert "average_mAP_low" in seed_run.data.metrics and "seeds" not in seed_run.data.metrics
+        assert seed_run.data.tags["precision"] in ("fp32", "bf16")  # what train_cfg.precision auto resolved to
+        train_s = timing["train_s_per_seed"][seed]
+        assert seed_run.data.metrics["train_time_s"] == pytest.approx(train_s)
+        assert seed_run.data.metrics["infer_time_s"] == pytest.approx(timing["infer_s_per_seed"][seed])
+        duration = (seed_run.info.end_time - seed_run.info.start_time) / 1000
+        assert train_s <= duration <= train_s + 10, (duration, train_s)  # training, not training until evaluation
+    spent = sum(timing["train_s_per_seed"].values())
+    assert (run.info.end_time - run.info.start_time) / 1000 <= spent + 20

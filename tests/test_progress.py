@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,10 +14,6 @@ from talbench import progress as progress_module
 from talbench.progress import PROGRESS_ENV, PROGRESS_SECONDS, Progress, format_duration, progress_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
-TALBENCH = [sys.executable, "-m", "talbench.cli"]
-# test_training.py's TINY THUMOS model, for one epoch only
-TINY = ["--set", "model.embd_dim=32", "--set", "model.fpn_dim=32", "--set", "model.head_dim=32",
-        "--set", "opt.epochs=1", "--set", "opt.warmup_epochs=0"]
 ESCAPE = re.compile(r"\x1b|\r")
 
 
@@ -141,32 +134,6 @@ def test_every_caller_uses_the_reporter_not_tqdm():
     for path in ("talbench/training.py", "talbench/inference.py", "talbench/data/fetch.py"):
         assert not re.search(r"from tqdm|import tqdm", (ROOT / path).read_text()), path
     assert progress_module.TTY_MININTERVAL_S <= 0.1
-
-
-@pytest.fixture(scope="module")
-def workdir(registry, tmp_path_factory):
-    """A project-like folder with the THUMOS twin unpacked where the ci config expects it (as in test_training.py)."""
-    from talbench.data.archive import safe_extract
-    from talbench.data.synthetic import write_twin
-
-    root = tmp_path_factory.mktemp("project")
-    data = root / "data" / "synthetic"
-    safe_extract(write_twin(registry.dataset("thumos14"), "ci", 0, data / "archives").archive, data / "thumos14")
-    return root
-
-
-@pytest.mark.slow
-def test_cli_training_log_in_a_file_is_short_plain_lines(workdir, tmp_path):
-    log = tmp_path / "train.log"
-    env = {**os.environ, PROGRESS_ENV: "1"}  # a line a second: several in this short run
-    with log.open("w") as stderr:
-        result = subprocess.run([*TALBENCH, "train", str(ROOT / "configs/ci/thumos_i3d.yaml"), "--output", str(tmp_path / "run"), *TINY],
-                                cwd=workdir, stdout=subprocess.DEVNULL, stderr=stderr, env=env, timeout=600)
-    text = log.read_text()
-    assert result.returncode == 0, text[-3000:]
-    lines = assert_clean(text)
-    assert max(len(line) for line in lines) <= 300
-    assert re.search(r"^train: \d+ steps in \S+ \([\d.]+ it/s\), final loss [\d.]+", text, re.M), text
 
 
 class _Payload(BaseHTTPRequestHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
 import os
 import signal
@@ -28,8 +29,11 @@ from talbench.tracking import (
     flatten_config,
     load_model,
     log_experiment_run,
+    map_curve,
     metric_name,
     parent_run,
+    score_metrics,
+    seed_run,
     system_metrics,
     tracking_uri,
 )
@@ -48,6 +52,12 @@ SCORES = {
     "recall": {"R@1x@0.30": 0.6, "R@5x@0.30": 0.9, "R@1x@0.70": 0.3, "R@5x@0.70": 0.5},
     "AP_per_class": {"a": {"AP@0.30": 0.5, "AP@0.70": 0.25}},
 }
+
+
+def mlflow_client() -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri())
 
 
 def _tiny_model() -> tuple[dict[str, Any], torch.nn.Module]:
@@ -77,7 +87,7 @@ def _log_two_experiments(tmp_path: Path, group: str) -> dict[str, Any]:
     plot.write_bytes(b"\x89PNG\r\n\x1a\n")
     first = parent_run("talbench-test", group, {"pipeline": "dvc"})
     a = log_experiment_run(first, "exp_a", config=config, history=HISTORY, metrics=SCORES, dataset="thumos14",
-                           task="action", features=["i3d"], data_hash="md5:abc", plots=[plot], model=model)
+                           task="action", features=["i3d"], data_hash="md5:abc", data_dir=tmp_path, plots=[plot], model=model)
     second = parent_run("talbench-test", group, {"pipeline": "dvc"})
     b = log_experiment_run(second, "exp_b", config=config, history=HISTORY[:1], metrics=SCORES, dataset="epic100",
                            task="verb", features=["slowfast", "omnivore"], model=model)
@@ -104,7 +114,17 @@ def _check_logged(logged: dict[str, Any]) -> None:
     assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["final_loss"]) for r in HISTORY]
     assert [m.step for m in client.get_metric_history(run_a.info.run_id, "train/lr")] == [0, 1, 2]
     metrics = run_a.data.metrics
-    assert metrics["mAP_at_0.30"] == 0.5 and metrics["average_mAP"] == 0.375 and metrics["R_at_5x_at_0.70"] == 0.5
+    assert metrics["mAP/tIoU_0.30"] == 0.5 and metrics["average_mAP"] == 0.375 and metrics["recall/5x_tIoU_0.70"] == 0.5
+    # one mAP-vs-tIoU curve: step = tIoU in hundredths
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_a.info.run_id, "mAP_vs_tIoU")) == [(30, 0.5), (70, 0.25)]
+    assert set(run_b.data.metrics) == set(metrics)  # the same names, whichever the dataset
+    assert client.get_run(first).data.metrics["average_mAP/exp_a"] == 0.375
+    # the dataset as an input whose digest is the data hash, once for training and once for testing
+    inputs = run_a.inputs.dataset_inputs
+    assert sorted(i.tags[0].value for i in inputs) == ["test", "train"]
+    assert sorted((i.dataset.name, i.dataset.digest) for i in inputs) == [("thumos14 training", "md5:abc"), ("thumos14 validation", "md5:abc")]
+    # the experiment opens in MLflow's machine-learning view, not the GenAI one
+    assert client.get_experiment(run_a.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     tags = run_a.data.tags
     assert (tags["dataset"], tags["task"], tags["features"], tags["experiment"]) == ("thumos14", "action", "i3d", "exp_a")
     assert tags["data_hash"] == "md5:abc" and len(tags["git_commit"]) == 40
@@ -120,6 +140,11 @@ def _check_logged(logged: dict[str, Any]) -> None:
     assert (logged["a"].model_name, logged["a"].model_version) == ("talbench-exp_a", "1")
     assert str(client.get_model_version_by_alias("talbench-exp_a", "challenger").version) == "1"
     assert client.get_model_version("talbench-exp_b", "1").run_id == run_b.info.run_id
+    version = client.get_model_version("talbench-exp_a", "1")  # described and tagged for the registry's pages
+    assert "exp_a: ActionFormer on thumos14 (action), features i3d" in version.description
+    assert "md5:abc" in version.description and "Average mAP 37.50%" in version.description
+    assert version.tags["average_mAP"] == "0.375000" and version.tags["data_hash"] == "md5:abc"
+    assert version.tags["dataset"] == "thumos14" and len(version.tags["git_commit"]) == 40
     _same_output(logged["model"], load_model("models:/talbench-exp_a@challenger"))
     _pyfunc_without_pickles(logged["a"].model_uri, logged["model"])
 
@@ -145,6 +170,14 @@ def test_local_store_one_parent_per_group_and_everything_logged(tmp_path: Path, 
     (tmp_path / "store").mkdir()
     logged = _log_two_experiments(tmp_path, "dvc-run-1")
     _check_logged(logged)
+
+    # a training that starts over replaces its seed's earlier run; one that resumes continues it
+    exp_a = logged["a"].run_id
+    first_seed = seed_run(exp_a, 0)
+    assert seed_run(exp_a, 0) == first_seed
+    again = seed_run(exp_a, 0, fresh=True)
+    assert again != first_seed and mlflow_client().get_run(first_seed).info.lifecycle_stage == "deleted"
+    assert seed_run(exp_a, 0) == again
 
     # a live epoch logged from training is not logged twice when the whole history follows
     parent = parent_run("talbench-test", "dvc-run-2")
@@ -176,7 +209,7 @@ def test_local_store_one_parent_per_group_and_everything_logged(tmp_path: Path, 
 
 
 def test_epoch_logger_turns_store_failures_into_warnings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    import mlflow.entities  # noqa: F401 - imported here, so the worker's deadline measures only the store
+    importlib.import_module("mlflow.entities")  # imported here, so the worker's deadline measures only the store
 
     hang = threading.Event()
 
@@ -254,10 +287,25 @@ def test_system_metrics_never_stop_or_stall_training(monkeypatch: pytest.MonkeyP
     hang.set()
 
 
-def test_names_and_params_fit_mlflow_limits() -> None:
-    assert metric_name("mAP@0.30") == "mAP_at_0.30"
-    assert metric_name("R@1x@0.50") == "R_at_1x_at_0.50"
+def test_metric_names_are_the_same_on_every_dataset_and_fit_mlflow_limits() -> None:
+    # one formatting of a threshold, whichever the score key used
+    assert metric_name("mAP@0.3") == metric_name("mAP@0.30") == "mAP/tIoU_0.30"
+    assert metric_name("mAP@0.95") == "mAP/tIoU_0.95" and metric_name("mAP@.5") == "mAP/tIoU_0.50"
+    assert metric_name("mAP@0.39999999999999997") == "mAP/tIoU_0.40"  # np.linspace's 0.4
+    assert metric_name("mAP@0.125") == "mAP/tIoU_0.125"  # a threshold two decimals cannot tell from 0.13
+    assert metric_name("R@1x@0.5") == "recall/1x_tIoU_0.50" and metric_name("R@10x@0.70") == "recall/10x_tIoU_0.70"
+    assert metric_name("average_mAP") == "average_mAP" and metric_name("average_mAP", "std") == "average_mAP_std"
+    assert metric_name("mAP@0.50", "low") == "mAP_low/tIoU_0.50" and metric_name("R@1x@0.50", "high") == "recall_high/1x_tIoU_0.50"
     assert metric_name("AP (class #3)") == "AP _class _3_"
+    with pytest.raises(ValueError, match="statistic"):
+        metric_name("mAP@0.50", "mean")
+    # THUMOS14's and EPIC's mAP at 0.5 share a name; the curve's steps are the thresholds in hundredths
+    thumos = score_metrics({"mAP": {f"mAP@{t:.2f}": 0.1 for t in (0.3, 0.4, 0.5, 0.6, 0.7)}})
+    epic = score_metrics({"mAP": {f"mAP@{t:.1f}": 0.1 for t in (0.1, 0.2, 0.3, 0.4, 0.5)}})
+    assert set(thumos) & set(epic) == {"mAP/tIoU_0.30", "mAP/tIoU_0.40", "mAP/tIoU_0.50"}
+    assert map_curve({"mAP": {"mAP@0.55": 0.2, "mAP@0.95": 0.1}, "recall": {"R@1x@0.5": 1.0}}) == {55: 0.2, 95: 0.1}
+    assert score_metrics({"timing": {"train_s": 12.5, "infer_s": 1.25, "train_s_per_seed": {"0": 12.5}}}) == {
+        "train_time_s": 12.5, "infer_time_s": 1.25}
     config, _ = _tiny_model()
     config["dataset"]["json_file"] = "x" * 7000
     flat = flatten_config(config)
@@ -379,13 +427,48 @@ experiment_run(parent, sys.argv[1])
 
 
 def test_score_metrics_carry_the_bootstrap_intervals() -> None:
-    from talbench.tracking.mlflow_tracking import score_metrics
-
     scores = {"mAP": {"mAP@0.50": 0.4}, "average_mAP": 0.4, "recall": {"R@1x@0.50": 0.5},
               "interval": {"level": 0.95, "resamples": 1000, "seed": 0, "average_mAP": [0.3, 0.45],
                            "mAP": {"mAP@0.50": [0.31, 0.46]}}}
-    assert score_metrics(scores) == {"mAP_at_0.50": 0.4, "R_at_1x_at_0.50": 0.5, "average_mAP": 0.4,
+    assert score_metrics(scores) == {"mAP/tIoU_0.50": 0.4, "recall/1x_tIoU_0.50": 0.5, "average_mAP": 0.4,
                                      "average_mAP_low": 0.3, "average_mAP_high": 0.45,
-                                     "mAP_at_0.50_low": 0.31, "mAP_at_0.50_high": 0.46}
+                                     "mAP_low/tIoU_0.50": 0.31, "mAP_high/tIoU_0.50": 0.46}
     del scores["interval"]
     assert "average_mAP_low" not in score_metrics(scores)  # scores written before evaluate bootstrapped
+
+
+def test_log_report_attaches_the_report_and_summary_to_the_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from talbench.tracking import log_report
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("TALBENCH_RUN_GROUP", "report-1")
+    report = tmp_path / "benchmark"
+    report.mkdir()
+    (report / "benchmark.md").write_text("# talbench benchmark\n")
+    assert log_report(None, report, {"average_mAP/a": 0.5}) is None  # no stage tracked: nowhere to attach it
+    parent = parent_run("talbench", "report-1", name="benchmark today abc1234", params={"seeds": "[0, 1]"})
+    # a later stage of the same invocation finds it (its name is kept) and adds only the params it lacks
+    assert parent_run("talbench", "report-1", name="another name", params={"seeds": "[0, 1]", "data.source": "real"}) == parent
+    assert log_report(None, report, {"average_mAP/ego4d_mq-slowfast+egovlp": 0.25}) == parent
+    client = mlflow.MlflowClient(tracking_uri())
+    run = client.get_run(parent)
+    assert run.info.run_name == "benchmark today abc1234" and run.info.status == "FINISHED"
+    assert run.data.params == {"seeds": "[0, 1]", "data.source": "real"}
+    assert run.data.metrics == {"average_mAP/ego4d_mq-slowfast_egovlp": 0.25}  # '+' is not allowed in metric names
+    assert [a.path for a in client.list_artifacts(parent, "report")] == ["report/benchmark.md"]
+
+
+def test_stage_log_copies_what_the_stage_prints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from talbench.tracking import stage_log
+
+    with stage_log(tmp_path / "stage.log") as path:
+        print("trained 3 epochs")
+        print("a warning", file=sys.stderr)
+        kept = sys.stderr
+        assert path.read_text() == "trained 3 epochs\na warning\n"  # complete while the stage runs: it attaches it then
+    kept.write("after the stage\n")  # a handler made inside the block: still written through, no longer copied
+    assert path.read_text() == "trained 3 epochs\na warning\n"
+    out, err = capsys.readouterr()
+    assert out == "trained 3 epochs\n" and err == "a warning\nafter the stage\n"

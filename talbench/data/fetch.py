@@ -249,7 +249,7 @@ def prepare_dataset(
     archive is unpacked with `safe_extract`, so a bad archive leaves earlier data as it was: it
     must hold the registry's root folder and annotation files, and expand to no more than
     `data.max_unpack_ratio` times its size. `MANIFEST.json` beside the unpacked root records the
-    archive (name, md5) the data came from: its lineage, read by `talbench.pipeline.data_hash`.
+    archive (name, md5) the data came from: its lineage, read by `data_hash below`.
     """
     spec = registry.dataset(name)
     data = params.get("data") or {}
@@ -335,3 +335,20 @@ def _fetch_real(name: str, registry: Registry, out_dir: Path, progress: bool) ->
             f"run `{command}`, then convert it to the layout under {out_dir / spec.root}",
         )
     raise InputError(registry.path, name, "archive", "the registry gives no archive to fetch for this dataset")
+
+
+def data_hash(dataset: str, data_dir: str | Path) -> str:
+    """The version of the fetched dataset in `data_dir` (its archive's md5, from the MANIFEST.json the
+    fetch stage writes there), or 'unknown' where there is none or it is unreadable or not this dataset's.
+
+    The manifest is part of the fetch stage's output, so it travels with the data (DVC, Airflow alike).
+    """
+    import json
+
+    try:
+        manifest = json.loads((Path(data_dir) / MANIFEST).read_text(encoding="utf-8"))
+        if manifest["dataset"] == dataset and isinstance(manifest["content_hash"], str) and manifest["content_hash"]:
+            return manifest["content_hash"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        pass
+    return "unknown"

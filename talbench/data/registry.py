@@ -227,6 +227,13 @@ class NightlyParams(Strict):
         return self.model or f"talbench-{self.experiment}-production"
 
 
+class ReportParams(Strict):
+    """The benchmark report (components/report.py)."""
+
+    mlflow_url: Annotated[str | None, Field(pattern=r"^https?://[^/\s]+",
+                                            description="the MLflow UI's address, e.g. http://127.0.0.1:5000, or null")] = None
+
+
 class Params(Strict):
     data: DataParams | None = None
     synthetic: SyntheticParams | None = None
@@ -235,6 +242,7 @@ class Params(Strict):
     experiments: Annotated[dict[str, ExperimentParams] | None, Field(description="a mapping of experiment entries")] = None
     published: Annotated[dict[str, dict[str, float]] | None, Field(description="per experiment, mAP per tIoU")] = None
     nightly: NightlyParams | None = None
+    report: ReportParams | None = None
     # checked where it is used, when an Airflow run starts (talbench.runners.runners_config): the
     # stages do not read it, and importing the runners here would make every stage depend on them
     runners: Annotated[dict[str, Any] | None, Field(description="a mapping of runner sections")] = None

@@ -2,16 +2,21 @@
 
 The annotation file(s) and feature files are read into four pandas tables (one row per annotation
 entry, per registry split, per video and feature type, per action instance) and checked by a
-great-expectations suite per table. The outcome goes to `validation.json` and to Data Docs HTML;
-a failed expectation then becomes one InputError line naming the first offending video. An
-annotation file that is not the format at all (unreadable, a path for a video id, a string for a
-segment) fails first, with the same line and no report. Nothing under the dataset folder is ever written.
+great-expectations suite per table. The outcome goes to `validation.json` and to Data Docs HTML:
+one run named after the dataset and its data version, in a site that works offline (the CSS/JS its
+pages load from CDNs are copied in from the npm packages of web/package.json). A failed expectation
+then becomes one InputError line naming the first offending video. An annotation file that is not
+the format at all (unreadable, a path for a video id, a string for a segment) fails first, with the
+same line and no report. Nothing under the dataset folder is ever written.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
+import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from talbench.data.formats import Instance, Video, feature_path, parse_video, re
 from talbench.data.registry import DatasetSpec, FeatureSpec, Registry
 from talbench.errors import InputError
 from talbench.io import staged_outputs
+from talbench.data.fetch import data_hash
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -40,6 +46,52 @@ STEPS_TOLERANCE_FRACTION = 0.02
 FINITE_CHUNK_ROWS = 4096  # rows of a memory-mapped array checked at a time: bounded memory
 REPORT_ROWS = 20  # offending rows listed per expectation in validation.json
 DOCS_SITE = "talbench"
+VERSION_CHARS = 8  # of the data hash, in run and batch names: enough to tell versions apart
+
+# Where `npm ci --prefix web` installs the packages of web/package.json; the variable points elsewhere
+# (a container whose image installed them in another folder).
+WEB_ASSETS_VARIABLE = "TALBENCH_WEB_ASSETS"
+WEB_ASSETS = Path(__file__).resolve().parents[2] / "web" / "node_modules"
+VENDOR = "static/vendor"  # the copies' folder in the site
+# Each CDN file the Data Docs templates of great-expectations 1.24 load -> the same file in its npm
+# package (popper.js 1.16.1 for 1.12.9, which bootstrap 4.3.1 does not accept as its peer).
+CDN_FILES = {
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap/dist/css/bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap/dist/js/bootstrap.min.js",
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery/dist/jquery.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.js/dist/umd/popper.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": "@fortawesome/fontawesome-free/css/all.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
+        "bootstrap-datepicker/dist/css/bootstrap-datepicker.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js":
+        "bootstrap-datepicker/dist/js/bootstrap-datepicker.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": "bootstrap-table/dist/bootstrap-table.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": "bootstrap-table/dist/bootstrap-table.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js":
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css":
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.css",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css":
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css":
+        "@forevolve/bootstrap-dark/dist/css/bootstrap-prefers-dark.css",
+    "https://cdn.jsdelivr.net/npm/vega@5": "vega/build/vega.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite/build/vega-lite.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed/build/vega-embed.min.js",
+}
+# the logos the pages load from great-expectations' web server; it ships one in the site's static/
+GX_LOGOS = {
+    "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png": "static/images/logo-long.png",
+    "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png": "static/images/logo-long.png",
+}
+_ASSET_TAG = re.compile(r"<(?:script|link|img)\b[^>]*>")
+_TAG_URL = re.compile(r'\b(src|href)="(https?://[^"]+)"')
+# the site's own static files, linked by a relative path that on result pages of a dotted suite name
+# (dataset.table: one folder deeper) climbs one folder too few
+_SITE_STATIC = re.compile(r'\b(src|href)="(?:\./|(?:\.\./)+)(static/[^"]+)"')
+# a CDN tag's integrity and CORS attributes: a page opened from disk would refuse the local copy
+_CDN_ONLY = re.compile(r'\s(?:integrity|crossorigin)="[^"]*"')
+_CSS_URL = re.compile(r"url\((['\"]?)([^)'\"]+)\1\)")
 
 
 @dataclass(frozen=True)
@@ -64,7 +116,8 @@ def validate_dataset(name: str, registry: Registry, data_dir: Path, out_dir: Pat
     tables = build_tables(spec, data_dir)
     checks = _checks()
     with staged_outputs(out_dir, "validate") as staging:
-        report = _report(name, data_dir, tables, checks, staging / "data_docs", out_dir / "data_docs")
+        report = _report(name, data_hash(name, data_dir), data_dir, tables, checks, staging / "data_docs", out_dir / "data_docs")
+        localize_assets(staging / "data_docs")
         (staging / "validation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for check, summary in zip(checks, report["expectations"]):
         if not summary["success"]:
@@ -72,13 +125,17 @@ def validate_dataset(name: str, registry: Registry, data_dir: Path, out_dir: Pat
     return report
 
 
-def _report(name: str, data_dir: Path, tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path, final_docs: Path) -> dict[str, Any]:
+def _report(name: str, version: str, data_dir: Path, tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path,
+            final_docs: Path) -> dict[str, Any]:
     """Run the suites (Data Docs into `docs_dir`) and summarise them; `final_docs` is where the docs will live."""
-    results = _run_suites(name, tables, checks, docs_dir)
+    run_name = f"{name}@{version[:VERSION_CHARS]}"
+    results = _run_suites(name, run_name, tables, checks, docs_dir)
     expectations = [_summary(check, result, tables[check.table]) for check, result in zip(checks, results)]
     report = {
         "dataset": name,
         "data_dir": str(data_dir),
+        "data_version": version,
+        "run_name": run_name,
         "success": all(e["success"] for e in expectations),
         "counts": {
             "videos": int(tables["videos"]["video_id"].nunique()),
@@ -310,23 +367,28 @@ def _checks() -> list[Check]:
     ]
 
 
-def _run_suites(name: str, tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path) -> list[dict[str, Any]]:
-    """Run one suite per table in an in-memory context; return each check's result, and build Data Docs."""
+def _run_suites(name: str, run_name: str, tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path) -> list[dict[str, Any]]:
+    """Run one suite per table in an in-memory context, as one run named `run_name`; return each
+    check's result, and build Data Docs."""
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep stderr for the one error line
-    source = context.data_sources.add_pandas(name)
+    source = context.data_sources.add_pandas(run_name)  # a batch is named '<source>-<asset>': dataset@version-dataset.table
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.datetime.now(datetime.timezone.utc))
     by_id: dict[str, dict[str, Any]] = {}
     for table, frame in tables.items():
-        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
+        asset = source.add_dataframe_asset(f"{name}.{table}")
         suite = context.suites.add(gx.ExpectationSuite(f"{name}.{table}"))
         for check in checks:
             if check.table == table:
                 suite.add_expectation(check.expectation)
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}.{table}", data=batch, suite=suite))
-        outcome = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
+        definition = context.validation_definitions.add(gx.ValidationDefinition(
+            name=f"{name}.{table}", data=asset.add_batch_definition_whole_dataframe(table), suite=suite))
+        outcome = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"}, run_id=run_id)
+        _name_asset(context, outcome, asset.name)
         by_id |= {r.expectation_config.id: r.to_json_dict() for r in outcome.results}
     # Data Docs are rendered from the results the context keeps, into the staging folder;
     # an in-memory context takes only an absolute site folder.
@@ -335,6 +397,75 @@ def _run_suites(name: str, tables: dict[str, pd.DataFrame], checks: list[Check],
     context.add_data_docs_site(DOCS_SITE, site)
     context.build_data_docs(site_names=[DOCS_SITE])
     return [by_id[c.expectation.id] for c in checks]
+
+
+def _name_asset(context: Any, outcome: Any, asset: str) -> None:
+    """Store `outcome` again with its asset's name in its batch spec, where a result page reads it
+    (an in-memory dataframe's spec has none: the page said 'Data asset: None')."""
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    outcome.meta["batch_spec"]["data_asset_name"] = asset
+    key = ValidationResultIdentifier(ExpectationSuiteIdentifier(outcome.suite_name), outcome.meta["run_id"], outcome.batch_id)
+    context.validation_results_store.set(key, outcome)
+
+
+# -- Data Docs that work offline -------------------------------------------------------------------
+
+
+def web_assets() -> Path:
+    """The folder the npm packages of web/package.json are installed in."""
+    return Path(os.environ.get(WEB_ASSETS_VARIABLE) or WEB_ASSETS)
+
+
+def localize_assets(docs_dir: Path) -> None:
+    """Point every page of the site at local copies of its CDN files, copied into `<docs_dir>/static/vendor`."""
+    packages = web_assets()
+    used: set[str] = set()
+    for page in sorted(docs_dir.rglob("*.html")):
+        page.write_text(_localize_page(page, docs_dir, used), encoding="utf-8")
+    for file in sorted(used):
+        source = packages / file
+        _copy_asset(source, docs_dir / VENDOR / file)
+        if source.suffix == ".css":  # and the fonts and images it loads, at the same relative paths
+            for ref in _CSS_URL.findall(source.read_text(encoding="utf-8")):
+                if not ref[1].startswith(("data:", "#")):
+                    relative = os.path.normpath(Path(file).parent / ref[1].split("?")[0].split("#")[0])
+                    _copy_asset(packages / relative, docs_dir / VENDOR / relative)
+
+
+def _localize_page(page: Path, docs_dir: Path, used: set[str]) -> str:
+    """The text of `page` with each CDN asset URL replaced by a relative link to its local copy."""
+    root = Path(os.path.relpath(docs_dir, page.parent)).as_posix()
+
+    def local(url: str) -> str:
+        base = url.split("?")[0]
+        if base in GX_LOGOS:
+            return f"{root}/{GX_LOGOS[base]}"
+        if base not in CDN_FILES:
+            raise InputError(page, url, "asset", "a Data Docs page loads this from the web: add its npm file to "
+                             "web/package.json and talbench.data.validation.CDN_FILES")
+        used.add(CDN_FILES[base])
+        return f"{root}/{VENDOR}/{CDN_FILES[base]}"
+
+    def tag(match: re.Match[str]) -> str:
+        text = _SITE_STATIC.sub(lambda m: f'{m[1]}="{root}/{m[2]}"', match[0])
+        if not _TAG_URL.search(text):
+            return text
+        return _CDN_ONLY.sub("", _TAG_URL.sub(lambda m: f'{m[1]}="{local(m[2])}"', text))
+
+    text = _ASSET_TAG.sub(tag, page.read_text(encoding="utf-8"))
+    return _CSS_URL.sub(lambda m: f"url('{local(m[2])}')" if m[2].startswith(("http://", "https://")) else m[0], text)
+
+
+def _copy_asset(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise InputError(source, "-", "web assets", f"missing: install them with `npm ci --prefix web`, "
+                         f"or set {WEB_ASSETS_VARIABLE} to the node_modules folder that has them")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
 
 
 def _summary(check: Check, result: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:

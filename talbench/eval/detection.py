@@ -455,7 +455,8 @@ def evaluate_detection(
         "gt_instances": len(gt),
         "predictions": len(preds),
         "predictions_outside_subset": int(np.count_nonzero(p_video < 0)),
-        "predictions_unknown_class": int(np.count_nonzero(p_class < 0)),
+        # classes without ground truth in this subset have no AP: their predictions are ignored, not errors
+        "predictions_of_classes_without_gt": int(np.count_nonzero(p_class < 0)),
     }
     return DetectionResult(
         tious=thresholds, classes=classes, ap=ap, mAP=mAP, average_mAP=float(mAP.mean()),
@@ -507,7 +508,8 @@ def precision_recall_table(result: DetectionResult) -> tuple[list[str], list[lis
     return header, rows
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Aligned plain-text columns (the first left, the others right), a rule under the header."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "  ".join(  # noqa: E731
         cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))
@@ -524,14 +526,21 @@ def format_table(result: DetectionResult, label_names: dict[int, str], per_class
         [key, pct(result.mAP[t]), *(pct(result.mean_recall[t, ki]) for ki in range(len(result.top_k)))]
         for t, key in enumerate(keys)
     ]
-    lines = _table(header, rows)
+    lines = text_table(header, rows)
     lines.append(f"average mAP: {pct(result.average_mAP)}")
     if per_class:
         names = [_class_name(label_names, label) for label in result.classes]
         class_rows = [
             [name, *(pct(result.ap[t, c]) for t in range(len(keys)))] for c, name in enumerate(names)
         ]
-        lines += ["", *_table(["class", *(f"AP@{key}" for key in keys)], class_rows)]
-    counts = ", ".join(f"{name}={value}" for name, value in result.counts.items())
-    lines.append(f"counts: {counts}")
+        lines += ["", *text_table(["class", *(f"AP@{key}" for key in keys)], class_rows)]
+    lines.append(_counts_line(result.counts))
     return "\n".join(lines)
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    """The counts as a sentence: which predictions were scored, and why the others were not."""
+    return (f"counts: {counts['gt_instances']} ground-truth instances in {counts['gt_videos']} videos; "
+            f"{counts['predictions']} predictions, of which {counts['predictions_of_classes_without_gt']} of classes "
+            f"without ground truth here (ignored: the protocol scores the classes that have instances) and "
+            f"{counts['predictions_outside_subset']} on videos outside the subset (false positives)")

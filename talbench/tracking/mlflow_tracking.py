@@ -49,6 +49,11 @@ PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_TAG = "experiment"
 SEED_TAG = "seed"
 PRECISION_TAG = "precision"  # what train_cfg.precision resolved to on the machine that trained
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+# earlier MLflow 3 UIs open an experiment as GenAI (traces) or model training (runs, charts) by
+# this tag; 3.17 by its sidebar switch or the address's `?workflowType=machine_learning` (mlflow.json's url)
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+BENCHMARK_EXPERIMENT = "talbench"  # the MLflow experiment of the benchmark's runs
 ALIAS = "challenger"  # a fresh model challenges the `champion` a person promotes
 
 # MLflow's limits (mlflow.utils.validation): longer param values are rejected, not truncated,
@@ -60,6 +65,9 @@ MAX_METRICS_PER_BATCH = 1000
 # group ids and experiment names go into search filters: no quotes to escape
 _ID = re.compile(r"^[A-Za-z0-9_.:+\-]+$")
 _BAD_METRIC_CHAR = re.compile(r"[^/\w.\- :]")
+_SCORE_KEY = re.compile(r"^(?:mAP|R@(\d+)x)@(\d*\.?\d+)$")  # mAP@0.30, R@1x@0.50 (talbench score)
+STATISTICS = ("", "std", "low", "high")  # the value, its spread over seeds, its bootstrap interval
+CURVE = "mAP_vs_tIoU"  # mAP with step = tIoU in hundredths: one mAP-vs-tIoU line per run in the chart view
 SETTLE_S = 1.0  # see _find_or_create
 TRAIN_KEYS = ("cls_loss", "reg_loss", "final_loss", "lr")
 
@@ -179,19 +187,21 @@ def _check_id(kind: str, value: str) -> None:
 
 
 def experiment_id(client: MlflowClient, experiment: str) -> str:
-    """The MLflow experiment's id, created if missing."""
+    """The MLflow experiment's id, created if missing, marked as model training (KIND_TAG): not GenAI."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(experiment)
     if found is None:
         try:
-            return client.create_experiment(experiment, artifact_location=_artifact_location(experiment))
+            return client.create_experiment(experiment, artifact_location=_artifact_location(experiment), tags={KIND_TAG: KIND})
         except MlflowException:  # another process created it between our lookup and create
             found = client.get_experiment_by_name(experiment)
             if found is None:
                 raise
     if found.lifecycle_stage == "deleted":
         client.restore_experiment(found.experiment_id)
+    if KIND_TAG not in found.tags:  # made by an earlier talbench
+        client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
     return found.experiment_id
 
 
@@ -235,20 +245,62 @@ def _find_or_create(client: MlflowClient, exp_id: str, tags: Mapping[str, str], 
     return found.info.run_id
 
 
-def parent_run(experiment: str, group: str, tags: Mapping[str, str] | None = None) -> str:
+def parent_run(experiment: str, group: str, tags: Mapping[str, str] | None = None, *, name: str | None = None,
+               params: Mapping[str, Any] | None = None) -> str:
     """The id of the invocation's parent run in MLflow experiment `experiment`, found by `group`.
 
     Every process of one invocation passes the same group (a DVC/Airflow run id) and gets the same
-    run, even when two call at the same moment (see _find_or_create). An unreachable tracking
-    server fails here, before any training starts.
+    run, even when two call at the same moment (see _find_or_create). `name` (default: the group)
+    is the run's name where this call creates it; `params` are logged where the run lacks them.
+    An unreachable tracking server fails here, before any training starts.
     """
     _check_id("group", group)
     check_reachable(tracking_uri())
     client = tracking_client()
     exp_id = experiment_id(client, experiment)
-    run_id = _find_or_create(client, exp_id, {GROUP_TAG: group, ROLE_TAG: "parent"}, run_name=group)
+    run_id = _find_or_create(client, exp_id, {GROUP_TAG: group, ROLE_TAG: "parent"}, run_name=name or group)
     if tags:
         client.log_batch(run_id, tags=_tags(tags))
+    if params:
+        logged = client.get_run(run_id).data.params  # params are write-once: a second process only adds
+        _log_params(client, run_id, {k: v for k, v in params.items() if k not in logged})
+    return run_id
+
+
+def find_parent_run(experiment: str, group: str) -> str | None:
+    """The invocation's parent run, or None where no stage of it has tracked anything."""
+    _check_id("group", group)
+    client = tracking_client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"tags.`{GROUP_TAG}` = '{group}' and tags.`{ROLE_TAG}` = 'parent'")
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
+
+
+def log_report(params_path: str | Path | None, report_folder: Path, summary: Mapping[str, float]) -> str | None:
+    """The benchmark report into the invocation's parent run: its files under report/ and `summary`
+    as metrics ({name: value}, e.g. {"average_mAP/thumos14-i3d": 0.41}; names made MLflow-safe).
+
+    Returns the parent run's id, or None where no stage of this invocation was tracked (no
+    experiment evaluated): the report is then not attached anywhere. Ends the parent run: its
+    duration is the invocation's, from its first tracked stage to the report.
+    """
+    from mlflow.entities import Metric
+
+    from talbench.pipeline import run_group
+
+    check_reachable()
+    run_id = find_parent_run(BENCHMARK_EXPERIMENT, run_group(params_path))
+    if run_id is None:
+        return None
+    client = tracking_client()
+    now = _now_ms()
+    metrics = [Metric(_safe_name(k), float(v), now, 0) for k, v in summary.items()]
+    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=list(chunk))
+    client.log_artifacts(run_id, str(report_folder), "report")
+    client.set_terminated(run_id)
     return run_id
 
 
@@ -263,13 +315,26 @@ def experiment_run(parent_run_id: str, name: str) -> str:
     return _find_or_create(client, parent.info.experiment_id, tags, run_name=name)
 
 
-def seed_run(experiment_run_id: str, seed: int) -> str:
-    """The run of training seed `seed` under the experiment's run, created if missing."""
+def seed_run(experiment_run_id: str, seed: int, fresh: bool = False) -> str:
+    """The run of training seed `seed` under the experiment's run, created if missing.
+
+    `fresh`: a training that starts over (a retry, `dvc repro -f`) replaces the seed's earlier run,
+    which is deleted (MLflow keeps it in its trash), so the run's curve and duration are this training's.
+    """
     client = tracking_client()
     parent = client.get_run(experiment_run_id)
     name = parent.data.tags.get(EXPERIMENT_TAG, parent.info.run_name)
     tags = {PARENT_TAG: experiment_run_id, EXPERIMENT_TAG: name, ROLE_TAG: "seed", SEED_TAG: str(int(seed))}
+    if fresh:
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        for earlier in client.search_runs([parent.info.experiment_id], filter_string=flt):
+            client.delete_run(earlier.info.run_id)
     return _find_or_create(client, parent.info.experiment_id, tags, run_name=f"{name}/seed-{int(seed)}")
+
+
+def attach_log(run_id: str, path: Path) -> None:
+    """A stage's log (see stage_log) into the run's logs/ artefacts."""
+    tracking_client().log_artifact(run_id, str(path), "logs")
 
 
 def tag_precision(run_id: str, precision: str) -> None:
@@ -277,19 +342,28 @@ def tag_precision(run_id: str, precision: str) -> None:
     tracking_client().set_tag(run_id, PRECISION_TAG, precision)
 
 
+def finish_run(run_id: str) -> None:
+    """End a run now, where its work ends (the train stage, after training): the scores logged into
+    it later keep this end (see log_seed_run), so its duration is the training's."""
+    tracking_client().set_terminated(run_id)
+
+
 def log_seed_run(experiment_run_id: str, seed: int, *, history: Sequence[Mapping[str, Any]] = (),
                  metrics: Mapping[str, Any] | None = None) -> str:
-    """One training seed's curve (epochs EpochLogger missed) and scores into its run, then finish it."""
+    """One training seed's curve (epochs EpochLogger missed) and scores into its run, then finish it
+    where its training finished (now, where no training was tracked: a cached train stage)."""
     client = tracking_client()
     run_id = seed_run(experiment_run_id, seed)
+    end = client.get_run(run_id).info.end_time
     _log_curve_and_scores(client, run_id, history, metrics)
-    client.set_terminated(run_id)
+    client.set_terminated(run_id, end_time=end)
     return run_id
 
 
 def _log_curve_and_scores(client: MlflowClient, run_id: str, history: Sequence[Mapping[str, Any]],
                           metrics: Mapping[str, Any] | None) -> None:
-    """The epochs of `history` the run lacks (step = epoch) and the final scores (step 0)."""
+    """The epochs of `history` the run lacks (step = epoch), the final scores (step 0) and the
+    mAP-vs-tIoU curve's points the run lacks."""
     from mlflow.entities import Metric
 
     now = _now_ms()
@@ -297,6 +371,8 @@ def _log_curve_and_scores(client: MlflowClient, run_id: str, history: Sequence[M
     points = [Metric(k, v, now, int(r["epoch"])) for r in history if int(r["epoch"]) not in logged
               for k, v in epoch_metrics(r).items()]
     points += [Metric(k, v, now, 0) for k, v in score_metrics(metrics or {}).items()]
+    drawn = {m.step for m in client.get_metric_history(run_id, CURVE)}  # a rerun (same invocation) draws no second curve
+    points += [Metric(CURVE, v, now, step) for step, v in map_curve(metrics or {}).items() if step not in drawn]
     for chunk in _chunks(points, MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=list(chunk))
 
@@ -323,18 +399,47 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
-def metric_name(key: str) -> str:
+def metric_name(key: str, statistic: str = "") -> str:
+    """The MLflow name of score `key` of `talbench score`, the same on every dataset; `statistic`
+    (STATISTICS) names its spread over seeds (`std`) or its bootstrap interval (`low`, `high`).
+
+    average_mAP -> average_mAP[_std]; mAP@0.3, mAP@0.30 -> mAP[_std]/tIoU_0.30; R@1x@0.5 ->
+    recall[_std]/1x_tIoU_0.50. A threshold has two decimals (more only if it needs them), so mAP at tIoU 0.5 has one
+    name for THUMOS14, ActivityNet, EPIC and Ego4D alike; the `/` puts each group in its own
+    section of the chart view. Other keys keep their name with '@' as '_at_' and stray characters '_'.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r}: expected one of {STATISTICS}")
+    suffix = f"_{statistic}" if statistic else ""
+    if key == "average_mAP":
+        return key + suffix
+    score = _SCORE_KEY.match(key)
+    if score is None:
+        return _safe_name(key) + suffix
+    top_k, tiou = score.groups()
+    group, prefix = ("recall", f"{top_k}x_") if top_k else ("mAP", "")
+    return f"{group}{suffix}/{prefix}tIoU_{_tiou_text(float(tiou))}"
+
+
+def _tiou_text(tiou: float) -> str:
+    """Two decimals (0.30; linspace's 0.39999999999999997 too), more only where a threshold has them."""
+    return f"{tiou:.2f}" if abs(tiou - round(tiou, 2)) < 1e-9 else repr(tiou)
+
+
+def _safe_name(key: str) -> str:
     """A name MLflow accepts: '@' (not allowed) becomes '_at_', other stray characters '_'."""
     return _BAD_METRIC_CHAR.sub("_", key.replace("@", "_at_"))[:MAX_KEY]
 
 
 def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
-    """mAP per tIoU, average mAP and Recall@KxN from `talbench score` output, with MLflow names.
+    """mAP per tIoU, average mAP, Recall@KxN and timing from `talbench score` / evaluate output,
+    under the names of metric_name.
 
     {"mAP": {"mAP@0.30": ..}, "average_mAP": .., "recall": {"R@1x@0.50": ..}} ->
-    {"mAP_at_0.30": .., "average_mAP": .., "R_at_1x_at_0.50": ..}; AP per class is left out. The
-    bootstrap intervals (`interval`, from evaluate) become `<name>_low` and `<name>_high`; scores
-    over several seeds add their spread (`std`) as `<name>_std` and their number as `seeds`.
+    {"mAP/tIoU_0.30": .., "average_mAP": .., "recall/1x_tIoU_0.50": ..}; AP per class is left out.
+    The bootstrap intervals (`interval`, from evaluate) become the `low` and `high` statistics;
+    scores over several seeds add their spread (`std`) and their number as `seeds`; evaluate's
+    `timing` becomes `train_time_s` and `infer_time_s` (seconds per seed).
     """
     out: dict[str, float] = {}
     for group in ("mAP", "recall"):
@@ -343,17 +448,30 @@ def score_metrics(scores: Mapping[str, Any]) -> dict[str, float]:
     if "average_mAP" in scores:
         out["average_mAP"] = float(scores["average_mAP"])
     interval = scores.get("interval") or {}  # evaluate's bootstrap over test videos
-    named = {"average_mAP": interval.get("average_mAP"),
-             **{metric_name(k): v for k, v in (interval.get("mAP") or {}).items()}}
-    for name, bounds in named.items():
+    for key, bounds in {"average_mAP": interval.get("average_mAP"), **(interval.get("mAP") or {})}.items():
         if bounds is not None:
-            out[f"{name}_low"], out[f"{name}_high"] = (float(b) for b in bounds)
+            out[metric_name(key, "low")], out[metric_name(key, "high")] = (float(b) for b in bounds)
     spread = scores.get("std") or {}  # over training seeds (evaluate), null for a single seed
-    named = {"average_mAP": spread.get("average_mAP"), **{metric_name(k): v for k, v in (spread.get("mAP") or {}).items()}}
-    out.update({f"{name}_std": float(std) for name, std in named.items() if std is not None})
+    for key, std in {"average_mAP": spread.get("average_mAP"), **(spread.get("mAP") or {})}.items():
+        if std is not None:
+            out[metric_name(key, "std")] = float(std)
     if "seeds" in scores:
         out["seeds"] = float(len(scores["seeds"]))
+    timing = scores.get("timing") or {}
+    out |= {name: float(timing[key]) for key, name in TIMING.items() if timing.get(key) is not None}
     return out
+
+
+TIMING = {"train_s": "train_time_s", "infer_s": "infer_time_s"}  # scores.json's timing -> metric names
+
+
+def map_curve(scores: Mapping[str, Any]) -> dict[int, float]:
+    """mAP by tIoU in hundredths (the steps of the CURVE metric): {30: mAP at 0.30, ...}."""
+    curve = {}
+    for key, value in (scores.get("mAP") or {}).items():
+        if (score := _SCORE_KEY.match(key)) and score.group(1) is None:
+            curve[round(100 * float(score.group(2)))] = float(value)
+    return curve
 
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
@@ -456,6 +574,8 @@ def system_metrics(run_id: str, interval: float = 10.0, timeout: float = 10.0) -
     from mlflow.entities import RunStatus
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    # its four INFO lines per training (started, no GPU, stopping, stopped) say nothing to act on
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     monitor: SystemMetricsMonitor | None = None
     try:
         # the monitor samples only while the run is RUNNING (a retrained experiment's run was finished)
@@ -474,6 +594,37 @@ def system_metrics(run_id: str, interval: float = 10.0, timeout: float = 10.0) -
             stopper.join(timeout)
             if stopper.is_alive():
                 log.warning("tracking: the last system metrics were not written within %.0f s", timeout)
+
+
+class _Tee:
+    """A text stream that writes through to `stream` and also into `copy` while that is open."""
+
+    def __init__(self, stream: Any, copy: Any) -> None:
+        self.stream, self.copy = stream, copy
+
+    def write(self, text: str) -> int:
+        if not self.copy.closed:
+            self.copy.write(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def stage_log(path: Path) -> Iterator[Path]:
+    """Everything the block prints (stdout and stderr, MLflow's log lines included) also into `path`,
+    for the run's logs/ artefacts. Line-buffered: the file is complete up to the last line while the
+    block still runs (the stages attach it from inside). Handlers made inside the block keep writing
+    through afterwards."""
+    out, err = sys.stdout, sys.stderr
+    with open(path, "w", encoding="utf-8", buffering=1) as copy:
+        sys.stdout, sys.stderr = _Tee(out, copy), _Tee(err, copy)
+        try:
+            yield path
+        finally:
+            sys.stdout, sys.stderr = out, err
+            copy.flush()
 
 
 # ---------------------------------------------------------------- the experiment's run
@@ -498,40 +649,47 @@ def log_experiment_run(
     task: str,
     features: Sequence[str] | str,
     data_hash: str = "unknown",
+    data_dir: str | Path | None = None,
+    ran: Mapping[str, Any] | None = None,
     plots: Sequence[str | Path] = (),
     files: Sequence[str | Path] = (),
+    folders: Mapping[str, str | Path] | None = None,
     model: torch.nn.Module | None = None,
+    model_scores: Mapping[str, Any] | None = None,
     register: bool = True,
     alias: str | None = ALIAS,
     tags: Mapping[str, str] | None = None,
 ) -> LoggedRun:
     """Log experiment `name` into its child run under the parent run; returns the run and model version.
 
-    Logged: the resolved config (params `section.key` and config.yaml); the per-epoch losses and lr
-    from `history` (step = epoch; epochs already in the run are not logged twice); the final scores
-    from `metrics`, the `talbench score` output (see score_metrics); tags (dataset, task, features,
-    experiment, git commit, DVC data hash); the plots (under plots/) and other `files` (at the top);
-    and the model, registered as
-    `talbench-<name>` with `alias` pointing at the new version. Errors here are raised: this runs
+    Logged: the resolved config (params `section.key` and config.yaml), where `ran` replaces the
+    keys that describe this machine and run (the device, the output folder, the resolved
+    precision; None drops a key); the per-epoch losses and lr from `history` (step = epoch; epochs already in the
+    run are not logged twice); the final scores from `metrics`, evaluate's scores (see
+    score_metrics and map_curve); tags (dataset, task, features, experiment, git commit, DVC data
+    hash); the dataset as an MLflow dataset input (digest: the data hash, source `data_dir`, if given); the
+    plots (under plots/), other `files` (at the top) and `folders` (artifact folder -> local
+    folder: predictions, logs); the experiment's average mAP on the parent run
+    (`average_mAP/<name>`); and the model, registered as `talbench-<name>` with `alias` pointing at
+    the new version, described and tagged with `model_scores` (the model's own, default `metrics`).
+    The run keeps the end its training gave it (see finish_run). Errors here are raised: this runs
     after training, and a benchmark whose results were not recorded should fail visibly.
     """
-    import mlflow
-    from mlflow.entities import Param
-
     client = tracking_client()
     run_id = experiment_run(parent_run_id, name)
+    end = client.get_run(run_id).info.end_time
     commit = git_commit()
+    features = features if isinstance(features, str) else ",".join(features)
     all_tags = {
-        EXPERIMENT_TAG: name, "dataset": dataset, "task": task,
-        "features": features if isinstance(features, str) else ",".join(features),
+        EXPERIMENT_TAG: name, "dataset": dataset, "task": task, "features": features,
         "git_commit": commit, "mlflow.source.git.commit": commit, "data_hash": data_hash, **(tags or {}),
     }
     client.log_batch(run_id, tags=_tags(all_tags))
-    params = [Param(k, v) for k, v in flatten_config(config).items()]
-    for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=list(chunk))
-
+    params = {**flatten_config(config), **(ran or {})}  # a key `ran` sets to None is dropped
+    _log_params(client, run_id, {k: str(v) for k, v in params.items() if v is not None})
     _log_curve_and_scores(client, run_id, history, metrics)
+    if data_dir is not None:
+        _log_dataset(client, run_id, config, dataset, data_hash, Path(data_dir))
 
     from talbench.config import dump_config
 
@@ -540,20 +698,83 @@ def log_experiment_run(
         client.log_artifact(run_id, str(plot), "plots")
     for path in files:
         client.log_artifact(run_id, str(path))
+    for artifact_path, folder in (folders or {}).items():
+        client.log_artifacts(run_id, str(folder), artifact_path)
+    if metrics and "average_mAP" in metrics:
+        client.log_metric(parent_run_id, _safe_name(f"average_mAP/{name}"), float(metrics["average_mAP"]))
 
     result = LoggedRun(run_id)
     if model is not None:
-        model_name = f"talbench-{name}" if register else None
-        with _fluent_uri(), mlflow.start_run(run_id=run_id):  # log_model writes into the active run
-            info = _log_model(model, config, model_name)
-        version = str(info.registered_model_version) if model_name and info.registered_model_version else None
-        if version and alias:
-            client.set_registered_model_alias(model_name, alias, version)
-        result = LoggedRun(run_id, info.model_uri, model_name, version)
-    else:
-        client.set_terminated(run_id)
+        result = _log_registered_model(client, run_id, model, config, name if register else None, alias,
+                                       _model_description(all_tags, model_scores or metrics or {}))
+    client.set_terminated(run_id, end_time=end)  # the fluent run of log_model ended it now
     client.set_terminated(parent_run_id)  # moves the parent's end time to the latest finished child
     return result
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    for chunk in _chunks([Param(k, v) for k, v in params.items()], MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=list(chunk))
+
+
+def _log_dataset(client: MlflowClient, run_id: str, config: Mapping[str, Any], dataset: str, data_hash: str,
+                 data_dir: Path) -> None:
+    """The data the run trained and tested on as MLflow dataset inputs, one per split (named
+    `<dataset> <split>`, context train / test), each with the data's content hash as its digest:
+    runs on the same data version share the datasets."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    # MLflow registers its local-file source twice (plain paths, file://): take the first by name
+    local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    source = local(data_dir.resolve().as_uri())
+    inputs = []
+    for use, split in (("train", "train_split"), ("test", "val_split")):
+        named = MetaDataset(source, name=f"{dataset} {','.join(config[split])}", digest=data_hash[:36])
+        inputs.append(DatasetInput(named._to_mlflow_entity(), [InputTag("mlflow.data.context", use)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def _model_description(tags: Mapping[str, str], scores: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """A model version's description (what it is, on which data, how good) and its tags."""
+    average = scores.get("average_mAP")
+    at = {metric_name(k): v for k, v in (scores.get("mAP") or {}).items()}
+    thresholds = ", ".join(f"{k.split('_')[-1]}: {100 * v:.2f}" for k, v in at.items())
+    text = (f"{tags[EXPERIMENT_TAG]}: ActionFormer on {tags['dataset']} ({tags['task']}), features {tags['features']}, "
+            f"training seed {tags.get('model_seed', '?')}. Data version (content hash) {tags['data_hash']}; "
+            f"git commit {tags['git_commit'][:12]}.")
+    if average is not None:
+        text += f" Average mAP {100 * float(average):.2f}% (mAP % at tIoU {thresholds})."
+    version_tags = {k: tags[k] for k in (EXPERIMENT_TAG, "dataset", "task", "features", "data_hash", "git_commit") if k in tags}
+    if average is not None:
+        version_tags["average_mAP"] = f"{float(average):.6f}"
+    return text, version_tags
+
+
+def _log_registered_model(client: MlflowClient, run_id: str, model: torch.nn.Module, config: Mapping[str, Any],
+                          name: str | None, alias: str | None, described: tuple[str, dict[str, str]]) -> LoggedRun:
+    """The model into the run, registered as talbench-`name` (unless None) with `alias`, the version
+    described and tagged."""
+    import mlflow
+
+    model_name = f"talbench-{name}" if name else None
+    with _fluent_uri(), mlflow.start_run(run_id=run_id):  # log_model writes into the active run
+        info = _log_model(model, config, model_name)
+    version = str(info.registered_model_version) if model_name and info.registered_model_version else None
+    if version:
+        description, tags = described
+        client.update_model_version(model_name, version, description=description)
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+        if not client.get_registered_model(model_name).description:
+            client.update_registered_model(model_name, f"talbench: the ActionFormer models of experiment {name}, "
+                                           "a version per benchmark run (its reference seed's weights)")
+        if alias:
+            client.set_registered_model_alias(model_name, alias, version)
+    return LoggedRun(run_id, info.model_uri, model_name, version)
 
 
 def _log_model(model: torch.nn.Module, config: Mapping[str, Any], registered_name: str | None) -> Any:
@@ -582,7 +803,7 @@ def _log_model(model: torch.nn.Module, config: Mapping[str, Any], registered_nam
         TensorSpec(np.dtype(np.bool_), (-1, 1, -1), "masks"),  # [B, 1, T], True = real step
     ]))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # MLflow nags about type hints and input examples: the signature above documents the input
+        # MLflow nags about input examples: the signature above documents the input
         warnings.filterwarnings("ignore", message=r"(?s).*input example", category=UserWarning)
         weights, config_file = Path(tmp) / WEIGHTS_FILE, Path(tmp) / CONFIG_FILE
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)

@@ -92,7 +92,10 @@ def register_challenger(model: str, source: str, run_id: str) -> str:
                 return str(version.version)
     else:
         client.create_registered_model(model, description="talbench: the nightly retrained production model")
-    return str(client.create_model_version(model, source, run_id=run_id).version)
+    # described and tagged as the experiment's own version of the same logged model (evaluate's)
+    same = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.source == source and v.name != model]
+    described = {"description": same[0].description, "tags": same[0].tags} if same else {}
+    return str(client.create_model_version(model, source, run_id=run_id, **described).version)
 
 
 def champion(model: str) -> str | None:

@@ -16,13 +16,17 @@ from mlflow.pyfunc import PythonModel
 
 
 class ActionFormerModel(PythonModel):
+    # MLflow validates inputs by predict's type hints, and warns at every logging and loading when
+    # there are none; our input, a dict of tensors, has no type-hint schema in MLflow, and the
+    # logged signature (TensorSpecs) validates it instead. MLflow's switch for such models:
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from talbench.tracking.mlflow_tracking import model_from_files
 
         self.model = model_from_files(context.artifacts["weights"], context.artifacts["config"])
 
     # no type hints: MLflow would read them as a second input schema beside the logged signature
-    # (it warns once, at logging, that they are missing)
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch
 

@@ -122,12 +122,12 @@ def _html_figure(figure: Figure, folder: Path) -> str:
 
 
 STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1280px;margin:2em auto;
  padding:0 1em;color:#1f2328;line-height:1.45}
 h1{border-bottom:1px solid #d0d7de;padding-bottom:.3em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:14px}
 caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:.3em;color:#57606a}
-th,td{border:1px solid #d0d7de;padding:3px 9px}th{background:#f6f8fa}th.group{text-align:center}
+th,td{border:1px solid #d0d7de;padding:3px 7px}th{background:#f6f8fa}th.group{text-align:center}
 .num{text-align:right;font-variant-numeric:tabular-nums}td.num,td:first-child{white-space:nowrap}
 tbody.published td{font-style:italic;color:#57606a;background:#fbfbf4}tbody.published tr:first-child td{border-top:2px solid #8c959f}
 figure{margin:1em 0}img{max-width:100%}figcaption{color:#57606a;font-size:14px}

@@ -15,12 +15,14 @@ from talbench.eval.statistics import (
     basic_interval,
     bootstrap,
     combine_seeds,
+    compare_bootstraps,
     draw_videos,
     format_seeds,
     paired_bootstrap,
     replicate_mAP,
     resampled,
     seed_mean,
+    seed_mean_bootstrap,
     seed_scores,
     verdict,
 )
@@ -201,6 +203,20 @@ def test_identical_predictions_differ_by_exactly_zero(case):
     result = paired_bootstrap(gt, preds, gt, _subset(preds, np.arange(len(preds))), TIOUS, resamples=300)
     assert result.difference == 0.0 and not result.replicate_difference.any()
     assert result.interval == (0.0, 0.0) and result.verdict == "not distinguishable"
+
+
+def test_comparing_shared_bootstraps_equals_the_paired_bootstrap(case):
+    """The report resamples each experiment once and compares the bootstraps: the same result, bit for bit."""
+    gt, preds = case
+    misses = _subset(preds, np.arange(len(gt), len(preds)))
+    sides = [preds, [misses, preds]]  # one seed against the mean of two
+    direct = paired_bootstrap(gt, sides[0], gt, sides[1], TIOUS, resamples=200, seed=5)
+    a, b = (seed_mean_bootstrap(gt, side, TIOUS, resamples=200, seed=5) for side in sides)
+    shared = compare_bootstraps(a, b)
+    assert shared.difference == direct.difference and shared.interval == direct.interval
+    assert np.array_equal(shared.replicate_difference, direct.replicate_difference) and shared.verdict == direct.verdict
+    with pytest.raises(ValueError, match="same videos"):
+        compare_bootstraps(a, seed_mean_bootstrap(gt, preds, TIOUS, resamples=200, seed=6))
 
 
 def test_removing_the_true_positives_is_clearly_worse(case):

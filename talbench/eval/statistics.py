@@ -433,6 +433,30 @@ def paired_bootstrap(
     draws = draw_videos(gt_a.videos.size, resamples, seed)
     a = seed_mean([_bootstrap(gt_a, p, tious, draws, seed, level) for p in _per_seed(preds_a)])
     b = seed_mean([_bootstrap(gt_b, p, tious, to_b[draws], seed, level) for p in _per_seed(preds_b)])
+    return _compare(a, b, level)
+
+
+def seed_mean_bootstrap(
+    gt: GroundTruth, preds: Predictions | Sequence[Predictions], tious: Sequence[float] | np.ndarray,
+    *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+) -> Bootstrap:
+    """The bootstrap of one side of paired_bootstrap (its seed mean), to compare it with several others
+    (compare_bootstraps) without resampling it again for each."""
+    _check_level(level)
+    draws = draw_videos(gt.videos.size, resamples, seed)
+    return seed_mean([_bootstrap(gt, p, tious, draws, seed, level) for p in _per_seed(preds)])
+
+
+def compare_bootstraps(a: Bootstrap, b: Bootstrap) -> Comparison:
+    """paired_bootstrap's result from the two sides' seed_mean_bootstrap, made on the same videos in the
+    same order with the same resamples and bootstrap seed: replicate b of each is the same resample."""
+    if (a.videos, a.seed, a.level) != (b.videos, b.seed, b.level) or a.replicate_average.shape != b.replicate_average.shape:
+        raise ValueError("A and B must be bootstrapped on the same videos, in the same order, with the same "
+                         "resamples, bootstrap seed and level")
+    return _compare(a, b, a.level)
+
+
+def _compare(a: Bootstrap, b: Bootstrap, level: float) -> Comparison:
     difference = a.replicate_average - b.replicate_average
     point = a.average_mAP - b.average_mAP
     low, high = (float(x) for x in basic_interval(difference, point, level))

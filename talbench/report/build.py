@@ -87,7 +87,7 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
 def compare(results: list[Result], annotations: dict[str, Any]) -> None:
     """Each experiment against the best (by average mAP) scored on the same test videos, seed means paired."""
     from talbench.eval.inputs import ground_truth, parse_predictions
-    from talbench.eval.statistics import paired_bootstrap
+    from talbench.eval.statistics import compare_bootstraps, seed_mean_bootstrap
 
     for test_set in dict.fromkeys(r.test_set for r in results):
         same = [r for r in results if r.test_set == test_set]
@@ -100,10 +100,11 @@ def compare(results: list[Result], annotations: dict[str, Any]) -> None:
             return [parse_predictions({"results": p}, ann, r.folder / "predictions", num_classes=r.num_classes)[0]
                     for p in r.predictions]
 
-        best_parsed = parsed(best)
+        # each side resampled once, however many it is compared with: the same draws pair them
+        best_boot = seed_mean_bootstrap(truth, parsed(best), tious)
         for r in same:
             if r is not best:
-                r.comparison = (best.name, paired_bootstrap(truth, parsed(r), truth, best_parsed, tious))
+                r.comparison = (best.name, compare_bootstraps(seed_mean_bootstrap(truth, parsed(r), tious), best_boot))
 
 
 def _run_section(ctx: _Context, results: list[Result]) -> list[Block]:

@@ -91,6 +91,8 @@ def compare(results: list[Result], annotations: dict[str, Any]) -> None:
 
     for test_set in dict.fromkeys(r.test_set for r in results):
         same = [r for r in results if r.test_set == test_set]
+        if len(same) < 2:
+            continue
         best = max(same, key=lambda r: r.scores["average_mAP"])
         ann = annotations[test_set[0]]
         truth = ground_truth(ann, test_set[1])

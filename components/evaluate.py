@@ -5,8 +5,8 @@
 Writes outputs/EXPERIMENT/predictions/seed-<n>.json (ActivityNet results format, one per seed),
 scores.json (what `talbench score` writes, as the mean over seeds, with `seeds`, `std` (the
 seed-to-seed spread), `interval` (the bootstrap interval over test videos of the seed mean, for
-average mAP and each tIoU's mAP), `per_seed` and `timing` (seconds of training and of inference +
-scoring per seed, and their means)), metrics.json (DVC metrics, versioned in git:
+average mAP and each tIoU's mAP) and `per_seed`), timing.json (seconds of training and of
+inference + scoring per seed, and their means: a record of this run, as mlflow.json), metrics.json (DVC metrics, versioned in git:
 average mAP with its spread over seeds, mAP and Recall@1x at tIoU 0.5, the number of seeds), and the DVC plots map_vs_tiou.csv, pr_curve.csv (class-mean
 precision at 101 recall levels, a column per tIoU, mean over seeds) and pr_curve.png; logs config,
 curves, scores, plots, predictions, the stage's log, tags, the dataset inputs and the registered
@@ -27,7 +27,7 @@ from talbench.errors import exit_status
 
 def arguments() -> StageParser:
     parser = StageParser("evaluate", "Detect and score one trained experiment, every training seed; track it in MLflow.",
-                         writes="OUTPUTS/EXPERIMENT/: predictions/seed-<n>.json, scores.json, metrics.json, mlflow.json, "
+                         writes="OUTPUTS/EXPERIMENT/: predictions/seed-<n>.json, scores.json, metrics.json, mlflow.json, timing.json, "
                                 "map_vs_tiou.csv, pr_curve.csv and pr_curve.png.")
     parser.add_argument("experiment", help="An experiment of params.yaml whose train stage has run, e.g. thumos14-i3d.")
     parser.add_argument("--params", type=Path, default=None, help=PARAMS_HELP)
@@ -48,7 +48,7 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
     from talbench.eval.statistics import bootstrap, combine_seeds, format_seeds, seed_scores
     from talbench.io import recover_outputs, staged_outputs
     from talbench.inference import score_experiment
-    from talbench.pipeline import resolve_experiment
+    from talbench.pipeline import TIMING_RECORD, resolve_experiment
     from talbench.tracking import check_reachable, stage_log
     from talbench.training import load_checkpoint
 
@@ -69,20 +69,21 @@ def evaluate(name: str, params: Path | None, outputs: Path) -> dict:
             runs[seed] = (scored, bootstrap(scored.truth, scored.predictions, exp.experiment.dataset.tiou_thresholds()))
             print(f"{name}: seed {seed}:\n{format_table(scored.result, scored.label_names)}")
         scores = seed_scores([(seed, scored.scores, spread) for seed, (scored, spread) in runs.items()])
-        scores["timing"] = _timing(exp, infer_s)
+        timing = _timing(exp, infer_s)
         # every output is made in the staging folder and tracked from there; they replace the
         # earlier ones together, only once MLflow has them too
         with staged_outputs(exp.output, "evaluate") as tmp:
             _write_outputs(tmp, name, {seed: run[0] for seed, run in runs.items()}, scores)
+            (tmp / TIMING_RECORD).write_text(json.dumps(timing, indent=2) + "\n", encoding="utf-8")
             plots = [tmp / f for f in ("map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png")] + [exp.output / "train_curve.csv"]
-            _track(exp, params, reference_weights, scores, [p for p in plots if p.exists()], tmp, Path(logs))
+            _track(exp, params, reference_weights, {**scores, "timing": timing}, [p for p in plots if p.exists()], tmp, Path(logs))
     print(f"{name}: average mAP {format_seeds(combine_seeds([run[1] for run in runs.values()]))} "
           f"(interval over test videos)")
     return scores
 
 
 def _timing(exp, infer_s: dict[int, float]) -> dict:
-    """scores.json's timing: seconds of training (from each seed's training record) and of
+    """timing.json: seconds of training (from each seed's training record) and of
     inference + scoring per seed, and their means (null where a seed has no training record)."""
     from talbench.pipeline import read_train_record
 
@@ -133,7 +134,7 @@ def _track(exp, params: Path | None, weights: dict, scores: dict, plots: list[Pa
     staged outputs (predictions/ among them), `logs` this stage's log."""
     from talbench.models import build_model
     from talbench.data.fetch import data_hash
-    from talbench.pipeline import tracked_run
+    from talbench.pipeline import TIMING_RECORD, tracked_run
     from talbench.tracking import log_experiment_run, log_seed_run, tracking_uri
 
     parent, run_id = tracked_run(exp.name, params)
@@ -149,7 +150,7 @@ def _track(exp, params: Path | None, weights: dict, scores: dict, plots: list[Pa
         parent, exp.name, config=reference, metrics=scores, model_scores=scores["per_seed"][str(exp.seeds[0])],
         dataset=exp.experiment.dataset.name, task=exp.experiment.task, features=exp.experiment.features,
         data_hash=data_hash(exp.experiment.dataset.name, exp.data_dir), data_dir=exp.data_dir, ran=_what_ran(exp, reference),
-        plots=plots, files=[folder / "scores.json"], folders={"predictions": folder / "predictions", "logs": logs}, model=model,
+        plots=plots, files=[folder / "scores.json", folder / TIMING_RECORD], folders={"predictions": folder / "predictions", "logs": logs}, model=model,
         tags={"seeds": ",".join(map(str, exp.seeds)), "model_seed": str(exp.seeds[0])},
     )
     from mlflow.tracking import MlflowClient

@@ -384,7 +384,8 @@ def summary(
 
 
 def _experiment_results(folder: Path, name: str) -> tuple[dict, dict | None]:
-    """An experiment's scores.json and mlflow.json (None when not tracked); no scores is an error."""
+    """An experiment's scores.json with its timing.json as `timing`, and mlflow.json (None when not
+    tracked); no scores is an error."""
     from talbench.data.formats import read_json
 
     path = folder / "scores.json"
@@ -394,6 +395,10 @@ def _experiment_results(folder: Path, name: str) -> tuple[dict, dict | None]:
     for key in ("average_mAP", "seeds"):
         if key not in scores:
             raise InputError(path, name, key, "missing: written by an older evaluate stage; run it again (dvc repro)")
+    from talbench.pipeline import TIMING_RECORD
+
+    timing = folder / TIMING_RECORD
+    scores["timing"] = read_json(timing) if timing.is_file() else {}
     tracked = folder / "mlflow.json"
     return scores, read_json(tracked) if tracked.is_file() else None
 

@@ -165,6 +165,9 @@ def _description(params: dict[str, Any], path: Path, commit: str) -> str:
 
 
 TRAIN_RECORD = "training.json"  # beside each seed's checkpoint: where and how long it trained
+# beside scores.json: seconds of training and inference per seed. A record of one run, like mlflow.json,
+# kept out of scores.json so that scoring the same checkpoints twice writes the same scores
+TIMING_RECORD = "timing.json"
 
 
 def write_train_record(folder: Path, summary: dict[str, Any], resumed: bool = False) -> None:

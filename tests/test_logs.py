@@ -129,7 +129,8 @@ def test_summary_prints_the_table_of_every_experiment(project, logs):
     assert re.fullmatch(r"experiment\s+average mAP \(%\)\s+seeds\s+train / seed\s+infer / seed", lines[0]), lines
     row = lines[2].split()
     mean, std = 100 * scores["average_mAP"], 100 * scores["std"]["average_mAP"]
-    timing = [format_duration(scores["timing"][key]) for key in ("train_s", "infer_s")]
+    recorded = json.loads((project / "outputs" / EXPERIMENT / "timing.json").read_text())
+    timing = [format_duration(recorded[key]) for key in ("train_s", "infer_s")]
     assert row == [EXPERIMENT, f"{mean:.2f}", "±", f"{std:.2f}", "0,1", *timing], lines
     assert re.fullmatch(r"total wall time: 12m3[4-9]s", lines[3]), lines
     assert f"MLflow: {tracked['tracking_uri']} (browse: mlflow ui --backend-store-uri {tracked['tracking_uri']})" in lines

@@ -249,7 +249,7 @@ def _check_mlflow(project):
         metrics = run.data.metrics  # the bootstrap interval over test videos and the spread over seeds, beside the number
         assert metrics["average_mAP_low"] <= metrics["average_mAP_high"] and "mAP_low/tIoU_0.50" in metrics
         assert metrics["seeds"] == len(SEEDS) and metrics["average_mAP_std"] >= 0 and "mAP_std/tIoU_0.50" in metrics
-        timing = json.loads((project / "outputs" / name / "scores.json").read_text())["timing"]
+        timing = json.loads((project / "outputs" / name / "timing.json").read_text())
         assert metrics["train_time_s"] == pytest.approx(timing["train_s"]) and timing["train_s"] > 0
         assert metrics["infer_time_s"] == pytest.approx(timing["infer_s"]) and timing["infer_s"] > 0
         curve = sorted(m.step for m in client.get_metric_history(run.info.run_id, "mAP_vs_tIoU"))

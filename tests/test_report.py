@@ -91,13 +91,17 @@ def test_scores_of_an_older_evaluate_stage_are_refused_in_one_line(tmp_path):
     from talbench.errors import InputError
     from talbench.report.inputs import read_scores
 
-    scores = result().scores
-    (tmp_path / "scores.json").write_text(json.dumps({k: v for k, v in scores.items() if k != "timing"}))
+    scores = {k: v for k, v in result().scores.items() if k != "timing"}
+    (tmp_path / "scores.json").write_text(json.dumps({k: v for k, v in scores.items() if k != "interval"}))
     with pytest.raises(InputError) as old:
         read_scores(tmp_path / "scores.json", "thumos14-i3d", [0, 1])
-    assert str(old.value) == (f"{tmp_path / 'scores.json'}: thumos14-i3d: field 'timing': written by an older evaluate stage, "
+    assert str(old.value) == (f"{tmp_path / 'scores.json'}: thumos14-i3d: field 'interval': written by an older evaluate stage, "
                               f"run it again (dvc repro)")
     (tmp_path / "scores.json").write_text(json.dumps(scores))
+    with pytest.raises(InputError, match="timing.json: thumos14-i3d: field '-': missing"):
+        read_scores(tmp_path / "scores.json", "thumos14-i3d", [0, 1])
+    (tmp_path / "timing.json").write_text(json.dumps(result().scores["timing"]))
+    assert read_scores(tmp_path / "scores.json", "thumos14-i3d", [0, 1])["timing"] == result().scores["timing"]
     with pytest.raises(InputError, match="field 'seeds': scored for seeds \\[0, 1\\], params.yaml's pipeline.seeds are \\[0\\]"):
         read_scores(tmp_path / "scores.json", "thumos14-i3d", [0])
 

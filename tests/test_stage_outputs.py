@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "thumos14-i3d"
 TINY = {"model": {"embd_dim": 32, "fpn_dim": 32, "head_dim": 32}, "opt": {"epochs": 2, "warmup_epochs": 1}}
 SEEDS = [0, 1]  # two training seeds: a stage's outputs span several runs
-EVALUATE_OUTPUTS = (*(f"predictions/seed-{s}.json" for s in SEEDS), "scores.json", "metrics.json", "map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "mlflow.json")
+EVALUATE_OUTPUTS = (*(f"predictions/seed-{s}.json" for s in SEEDS), "scores.json", "metrics.json", "map_vs_tiou.csv", "pr_curve.csv", "pr_curve.png", "mlflow.json", "timing.json")
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +223,9 @@ def _killed_at(project: Path, ready: Callable[[subprocess.Popen, str], bool], na
 def test_kill_9_at_any_point_of_evaluate_leaves_the_old_or_the_new_outputs(project, evaluated):
     folder = project / "outputs" / EXPERIMENT
     staging = folder / ".staging-evaluate" / "new"
-    new = {k: v for k, v in evaluated.items() if k != "mlflow.json"}  # mlflow.json names a new model version
+    # records of one run: mlflow.json names a new model version, timing.json holds this run's seconds
+    records = ("mlflow.json", "timing.json")
+    new = {k: v for k, v in evaluated.items() if k not in records}
     points = {
         "starting": lambda proc, err: True,
         "inferring": lambda proc, err: "inference" in err,
@@ -241,7 +243,7 @@ def test_kill_9_at_any_point_of_evaluate_leaves_the_old_or_the_new_outputs(proje
             killed.append(point)
         recover_outputs(folder, "evaluate")  # what the next run of the stage does first
         now = snapshot(folder)
-        now_without_mlflow = {k: v for k, v in now.items() if k != "mlflow.json"}
+        now_without_mlflow = {k: v for k, v in now.items() if k not in records}
         assert now == old or now_without_mlflow == new, f"killed while {point}: a mix of old and new outputs"
         assert not any(p.name.startswith(".staging-") for p in folder.iterdir())
         if now != old:

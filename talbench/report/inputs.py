@@ -13,7 +13,7 @@ from typing import Any
 from talbench.errors import InputError
 
 # written by the evaluate stage; an older stage wrote fewer
-SCORE_KEYS = ("mAP", "average_mAP", "recall", "AP_per_class", "counts", "interval", "seeds", "std", "timing")
+SCORE_KEYS = ("mAP", "average_mAP", "recall", "AP_per_class", "counts", "interval", "seeds", "std")
 CURVE_COLUMNS = ("epoch", "cls_loss", "reg_loss", "final_loss")
 
 
@@ -67,6 +67,9 @@ def read_scores(path: Path, item: str, seeds: list[int]) -> dict[str, Any]:
     if scores["seeds"] != seeds:
         raise InputError(path, item, "seeds", f"scored for seeds {scores['seeds']}, params.yaml's pipeline.seeds are "
                                               f"{seeds}: run the pipeline again (dvc repro)")
+    from talbench.pipeline import TIMING_RECORD
+
+    scores["timing"] = read_json(path.with_name(TIMING_RECORD), item)  # beside it, from the same evaluate run
     return scores
 
 

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from talbench.data.archive import safe_extract
-from talbench.data.synthetic import write_twin
 from talbench.progress import PROGRESS_ENV, format_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,17 +37,9 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(registry, tmp_path_factory) -> Path:
+def project(thumos_project, tmp_path_factory) -> Path:
     """A project folder: the THUMOS twin where the fetch stage puts it and one tiny experiment."""
-    root = tmp_path_factory.mktemp("logs")
-    data = root / "data" / "synthetic"
-    safe_extract(write_twin(registry.dataset("thumos14"), "ci", 0, data / "archives").archive, data / "thumos14")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    entry = params["experiments"][EXPERIMENT] | {"config": str(ROOT / "configs/ci/thumos_i3d.yaml"), "overrides": TINY}
-    params["experiments"] = {EXPERIMENT: entry}
-    params["pipeline"] |= {"datasets": ["thumos14"], "seeds": SEEDS}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return root
+    return thumos_project(tmp_path_factory.mktemp("logs"), EXPERIMENT, TINY, SEEDS)
 
 
 @pytest.fixture(scope="module")

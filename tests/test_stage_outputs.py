@@ -21,8 +21,6 @@ import pytest
 import torch
 import yaml
 
-from talbench.data.archive import safe_extract
-from talbench.data.synthetic import write_twin
 from talbench.io import recover_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,16 +63,9 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(registry, tmp_path_factory) -> Path:
+def project(thumos_project, tmp_path_factory) -> Path:
     """A project folder: the THUMOS twin where the fetch stage puts it, one tiny experiment, trained."""
-    root = tmp_path_factory.mktemp("stage-outputs")
-    data = root / "data" / "synthetic"
-    safe_extract(write_twin(registry.dataset("thumos14"), "ci", 0, data / "archives").archive, data / "thumos14")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    entry = params["experiments"][EXPERIMENT] | {"config": str(ROOT / "configs/ci/thumos_i3d.yaml"), "overrides": TINY}
-    params["experiments"] = {EXPERIMENT: entry}
-    params["pipeline"] |= {"datasets": ["thumos14"], "seeds": SEEDS}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = thumos_project(tmp_path_factory.mktemp("stage-outputs"), EXPERIMENT, TINY, SEEDS)
     result = stage(root, "train", EXPERIMENT)
     assert result.returncode == 0, result.stderr[-3000:]
     return root

@@ -135,7 +135,7 @@ def _track(exp, params: Path | None, weights: dict, scores: dict, plots: list[Pa
     from talbench.models import build_model
     from talbench.data.fetch import data_hash
     from talbench.pipeline import TIMING_RECORD, tracked_run
-    from talbench.tracking import log_experiment_run, log_seed_run, tracking_uri
+    from talbench.tracking import log_experiment_run, log_seed_run, run_url, tracking_uri
 
     parent, run_id = tracked_run(exp.name, params)
     timing = scores["timing"]
@@ -157,12 +157,10 @@ def _track(exp, params: Path | None, weights: dict, scores: dict, plots: list[Pa
 
     uri = tracking_uri()
     experiment_id = MlflowClient(tracking_uri=uri).get_run(logged.run_id).info.experiment_id
-    # the UI's address of the run: on a tracking server directly, locally under `mlflow ui`; the
-    # workflowType opens MLflow 3's machine-learning view (its default is the GenAI one)
-    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-    url = f"{base}/#/experiments/{experiment_id}/runs/{logged.run_id}?workflowType=machine_learning"
-    record = {"tracking_uri": uri, "run_id": logged.run_id, "parent_run_id": parent, "model": logged.model_name,
-              "model_version": logged.model_version, "url": url}
+    # the UI's address of the run: on a tracking server directly, locally under `mlflow ui`
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": logged.run_id, "parent_run_id": parent,
+              "model": logged.model_name, "model_version": logged.model_version, "url": run_url(base, experiment_id, logged.run_id)}
     (folder / "mlflow.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 

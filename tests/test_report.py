@@ -106,6 +106,19 @@ def test_scores_of_an_older_evaluate_stage_are_refused_in_one_line(tmp_path):
         read_scores(tmp_path / "scores.json", "thumos14-i3d", [0])
 
 
+def test_an_mlflow_record_without_its_experiment_is_refused_in_one_line(tmp_path):
+    from talbench.errors import InputError
+    from talbench.report.inputs import read_tracking
+
+    assert read_tracking(tmp_path / "mlflow.json", "thumos14-i3d") is None  # not tracked
+    record = {"tracking_uri": "sqlite:///mlruns/mlflow.db", "run_id": "r1", "parent_run_id": "p1"}
+    (tmp_path / "mlflow.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="mlflow.json: thumos14-i3d: field 'experiment_id': written by an older evaluate stage"):
+        read_tracking(tmp_path / "mlflow.json", "thumos14-i3d")
+    (tmp_path / "mlflow.json").write_text(json.dumps(record | {"experiment_id": "1"}))
+    assert read_tracking(tmp_path / "mlflow.json", "thumos14-i3d")["experiment_id"] == "1"
+
+
 # ---------------------------------------------------------------- fast: the document
 
 

@@ -18,6 +18,7 @@ from talbench.report.inputs import (
     read_json,
     read_precision_recall,
     read_scores,
+    read_tracking,
     split_facts,
     validation,
 )
@@ -73,7 +74,7 @@ def collect(params_path: Path | None, outputs: Path) -> tuple[dict[str, Any], li
             published=(params.get("published") or {}).get(name),
             precision_recall=read_precision_recall(folder / "pr_curve.csv", name),
             history=read_curve(folder / "train_curve.csv", name),
-            mlflow=read_json(folder / "mlflow.json", name) if (folder / "mlflow.json").exists() else None,
+            mlflow=read_tracking(folder / "mlflow.json", name),
             predictions=[read_json(exp.predictions(seed), name)["results"] for seed in seeds],
             split=split_facts(annotations[json_file], subset, num_classes, scores),
             test_set=(json_file, subset), num_classes=num_classes,

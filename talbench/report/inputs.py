@@ -73,6 +73,17 @@ def read_scores(path: Path, item: str, seeds: list[int]) -> dict[str, Any]:
     return scores
 
 
+def read_tracking(path: Path, item: str) -> dict[str, Any] | None:
+    """mlflow.json (where the experiment's runs are), or None where the experiment was not tracked."""
+    if not path.exists():
+        return None
+    record = read_json(path, item)
+    for key in ("tracking_uri", "experiment_id", "run_id", "parent_run_id"):
+        if key not in record:
+            raise InputError(path, item, key, "written by an older evaluate stage, run it again (dvc repro)")
+    return record
+
+
 def read_precision_recall(path: Path, item: str) -> tuple[list[float], dict[str, list[float]]]:
     from talbench.plots import read_precision_recall as read
 

@@ -68,8 +68,6 @@ def run_link(record: dict[str, Any], base: str | None, run_id: str | None = None
     run_id = run_id or record["run_id"]
     if base is None:
         return f"run `{run_id}`"
-    from mlflow.tracking import MlflowClient
+    from talbench.tracking import run_url
 
-    experiment = MlflowClient(tracking_uri=record["tracking_uri"]).get_run(run_id).info.experiment_id
-    # the classic view: without workflowType MLflow 3 may open the GenAI one
-    return f"[run {run_id[:8]}]({base}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning)"
+    return f"[run {run_id[:8]}]({run_url(base, record['experiment_id'], run_id)})"  # the parent shares the experiment

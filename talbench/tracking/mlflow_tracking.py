@@ -337,6 +337,12 @@ def attach_log(run_id: str, path: Path) -> None:
     tracking_client().log_artifact(run_id, str(path), "logs")
 
 
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI at `base`. The workflowType opens MLflow 3's machine-learning
+    view: its default is the GenAI one, which shows no runs."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def tag_precision(run_id: str, precision: str) -> None:
     """The resolved training precision (fp32 or bf16) of a seed's run: `auto` depends on the machine."""
     tracking_client().set_tag(run_id, PRECISION_TAG, precision)

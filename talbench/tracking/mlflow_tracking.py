@@ -262,9 +262,23 @@ def parent_run(experiment: str, group: str, tags: Mapping[str, str] | None = Non
     if tags:
         client.log_batch(run_id, tags=_tags(tags))
     if params:
-        logged = client.get_run(run_id).data.params  # params are write-once: a second process only adds
-        _log_params(client, run_id, {k: v for k, v in params.items() if k not in logged})
+        _add_params(client, run_id, {k: str(v) for k, v in params.items()})
     return run_id
+
+
+def _add_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    """Log the params the run lacks. Params are write-once, and stages of one invocation starting
+    together each find them missing: the store refuses all but the first writer, whose values are
+    the same ones, so a refusal is fine once the run holds exactly `params`."""
+    from mlflow.exceptions import MlflowException
+
+    logged = client.get_run(run_id).data.params
+    try:
+        _log_params(client, run_id, {k: v for k, v in params.items() if k not in logged})
+    except MlflowException:
+        logged = client.get_run(run_id).data.params
+        if any(logged.get(k) != v for k, v in params.items()):
+            raise
 
 
 def find_parent_run(experiment: str, group: str) -> str | None:

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from talbench.errors import InputError, exit_status
-from talbench.orchestration import LINKED, PROJECT, REFUSED, StageFailed, fail_exception, run_stage, stage_env
-from talbench.schema import Natural, Problem, Strict, Text, check
+from talbench.orchestration import (LINKED, PROJECT, REFUSED, StageFailed, fail_exception, refused_as_failure, run_stage,
+                                   stage_env)
+from talbench.schema import TOP_LEVEL, Natural, Problem, Strict, Text, check
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -54,7 +55,7 @@ def default_runner(env: Mapping[str, str] | None = None) -> str:
 
 
 # What a stage needs from the worker's environment (see orchestration.stage_env); nothing else crosses.
-PASS_ENV = ("MLFLOW_TRACKING_URI", "TALBENCH_RUN_GROUP", "PYTHONUNBUFFERED", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED")
+PASS_ENV = ("MLFLOW_TRACKING_URI", "TALBENCH_MLFLOW_UI_URL", "TALBENCH_RUN_GROUP", "PYTHONUNBUFFERED", "DVC_NO_ANALYTICS", "GX_ANALYTICS_ENABLED")
 VOLUME = "workspaces"  # the pod's name for the workspaces claim
 
 # ---------------------------------------------------------------- configuration (params.yaml `runners:`)
@@ -74,6 +75,33 @@ class DockerConfig(Strict):
     network_mode: Annotated[str | None, Field(description="a Docker network mode (bridge, host, a network's name) or null")] = None
     shm_size: Annotated[ShmSize | None, Field(description="bytes (an integer >= 1), a size such as '8g', or null")] = None
     pass_env: Annotated[list[EnvName], Field(description="a list of environment variable names")] = []
+
+
+DOCKER_ENV_PREFIX = "TALBENCH_DOCKER_"  # + a DockerConfig field's name in capitals: TALBENCH_DOCKER_GPUS
+
+
+def docker_config(config: DockerConfig, env: Mapping[str, str] | None = None) -> DockerConfig:
+    """`config` (params.yaml's runners.docker) with the worker's TALBENCH_DOCKER_<FIELD> variables
+    over it: a deployment sets the facts of its own box (image tag, network, GPUs, engine socket)
+    without editing params.yaml. Each value is YAML, as params.yaml would spell it
+    (TALBENCH_DOCKER_GPUS=0, TALBENCH_DOCKER_PASS_ENV='[HF_TOKEN]'); unset or empty: params.yaml's.
+    A bad value is one InputError naming the variable and the field."""
+    import yaml
+
+    env = os.environ if env is None else env
+    values = config.model_dump()
+    for field in DockerConfig.model_fields:
+        name = DOCKER_ENV_PREFIX + field.upper()
+        if not env.get(name):
+            continue
+        try:
+            values[field] = yaml.safe_load(env[name])
+            check(DockerConfig, values, name)
+        except yaml.YAMLError as exc:
+            raise InputError(name, env[name], field, f"not a YAML value ({exc.problem})") from None
+        except InputError as exc:
+            raise InputError(name, env[name], exc.field, exc.problem) from None
+    return DockerConfig.model_validate(values)
 
 
 class Toleration(Strict):
@@ -97,9 +125,18 @@ class WorkspacesClaim(Strict):
     mount_path: AbsolutePath = "/workspaces"  # where the worker sees the workspaces too (TALBENCH_WORKSPACES)
 
 
+GPU_KINDS = ("train", "evaluate")  # the stages that run a model: only their pods ask for GPUs
+TEMPLATE_CONTAINER = "base"  # the provider's name for the step's container, merged with the template's by name
+# What a pod template must leave to runners.kubernetes (one home each): where in the template, the setting
+_SET_BY_PARAMS = {("spec", "nodeSelector"): "node_selector", ("spec", "tolerations"): "tolerations",
+                  ("spec", "serviceAccountName"): "service_account", ("spec.containers.base", "image"): "image",
+                  ("spec.containers.base", "imagePullPolicy"): "image_pull_policy"}
+_SET_PER_STAGE = ("command", "args", "workingDir")  # the stage's entry point, in its workspace
+
+
 class KubernetesConfig(Strict):
     image: Image = DEFAULT_IMAGE
-    namespace: K8sName = "default"
+    namespace: Annotated[K8sName | None, Field(description="a namespace, or null (the worker's own, in a cluster)")] = None
     gpus: Natural = 1
     node_selector: Annotated[dict[str, str], Field(description="a mapping of node label to value")] = {}
     tolerations: Annotated[list[Toleration], Field(description="a list of {key, operator, value, effect}")] = []
@@ -107,6 +144,41 @@ class KubernetesConfig(Strict):
     service_account: Annotated[K8sName | None, Field(description="a service account name, or null")] = None
     env_secret: Annotated[K8sName | None, Field(description="the name of a secret whose keys become environment variables, or null")] = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # read when a step's pod is made, not with params.yaml: other runners' images need not hold the file
+    pod_template: Annotated[str | None, Field(min_length=1, description="a pod template file (relative to the project, or absolute), or null")] = None
+
+    def template(self) -> dict[str, Any] | None:
+        """The pod template every step's pod starts from (a v1 Pod as a mapping), or None; InputError naming the file."""
+        return None if self.pod_template is None else load_pod_template(PROJECT / self.pod_template)
+
+
+def load_pod_template(path: Path) -> dict[str, Any]:
+    """A pod template file, checked: one container `base`, nothing that runners.kubernetes or the stage sets."""
+    import yaml
+
+    try:
+        pod = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, "-", "pod_template", f"cannot read it as YAML ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(pod, dict) or (pod.get("apiVersion"), pod.get("kind")) != ("v1", "Pod"):
+        raise InputError(path, TOP_LEVEL, "kind", "expected a pod template: apiVersion v1, kind Pod")
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    containers = spec.get("containers") if isinstance(spec.get("containers"), list) else []
+    if [c.get("name") if isinstance(c, dict) else c for c in containers] != [TEMPLATE_CONTAINER]:
+        raise InputError(path, "spec", "containers", f"expected one container named {TEMPLATE_CONTAINER} (the step's)")
+    places = {"spec": spec, "spec.containers.base": containers[0]}
+    for (item, field), setting in _SET_BY_PARAMS.items():
+        if field in places[item]:
+            raise InputError(path, item, field, f"set by params.yaml runners.kubernetes.{setting}: remove it here")
+    for field in _SET_PER_STAGE:
+        if field in containers[0]:
+            raise InputError(path, "spec.containers.base", field, "set per stage by the runner: remove it here")
+    resources = containers[0].get("resources") or {}
+    if any("nvidia.com/gpu" in (resources.get(kind) or {}) for kind in ("limits", "requests")):
+        raise InputError(path, "spec.containers.base.resources", "nvidia.com/gpu", "set by params.yaml runners.kubernetes.gpus: remove it here")
+    if any(isinstance(v, dict) and v.get("name") == VOLUME for v in spec.get("volumes") or []):
+        raise InputError(path, "spec.volumes", VOLUME, "the workspaces claim is runners.kubernetes.workspaces: use another name")
+    return pod
 
 
 class RunnersConfig(Strict):
@@ -232,12 +304,15 @@ def docker_operator(task_id: str, workspace: str | Path, name: str, try_number: 
 
 def kubernetes_operator(task_id: str, workspace: str | Path, name: str, try_number: int, config: KubernetesConfig,
                         env: Mapping[str, str] | None = None) -> KubernetesPodOperator:
-    """A KubernetesPodOperator that runs the stage's entry point in a pod with the workspaces claim mounted."""
+    """A KubernetesPodOperator that runs the stage's entry point in a pod with the workspaces claim mounted:
+    runners.kubernetes.pod_template's pod plus the stage's command, image, GPUs (train and evaluate
+    only), placement, claim and secret."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
     workspace = _inside(workspace, config.workspaces.mount_path)
-    gpus = {"nvidia.com/gpu": str(config.gpus)} if config.gpus else None
+    with refused_as_failure():  # a bad template: one line, no retry
+        template = config.template()
     secret = config.env_secret
     return KubernetesPodOperator(
         task_id=task_id,
@@ -245,11 +320,12 @@ def kubernetes_operator(task_id: str, workspace: str | Path, name: str, try_numb
         image=config.image,
         image_pull_policy=config.image_pull_policy,
         arguments=entry_argv(workspace, name, try_number),  # args, like Docker's command: the image's entrypoint stays
+        pod_template_dict=template,
         # the operator has no working-dir argument: the base container of a pod template carries it
-        full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", working_dir=str(workspace))])),
+        full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name=TEMPLATE_CONTAINER, working_dir=str(workspace))])),
         env_vars=container_env(workspace, env),
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=secret))] if secret else None,
-        container_resources=k8s.V1ResourceRequirements(limits=gpus, requests=gpus) if gpus else None,
+        container_resources=_resources(template, config.gpus if name.partition("@")[0] in GPU_KINDS else 0),
         node_selector=dict(config.node_selector) or None,
         tolerations=[k8s.V1Toleration(**t.model_dump()) for t in config.tolerations] or None,
         volumes=[k8s.V1Volume(name=VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
@@ -261,6 +337,17 @@ def kubernetes_operator(task_id: str, workspace: str | Path, name: str, try_numb
         termination_message_policy="FallbackToLogsOnError",  # the log's tail, with the error line, in the pod's status
         log_pod_spec_on_failure=False,  # the spec holds the environment's values
     )
+
+
+def _resources(template: dict[str, Any] | None, gpus: int) -> Any:
+    """The template's container resources with `gpus` GPUs added: the operator's resources replace the
+    template's whole, so they are merged here."""
+    from kubernetes.client import models as k8s
+
+    resources = ((template or {}).get("spec", {}).get("containers") or [{}])[0].get("resources") or {}
+    gpu = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    limits, requests = {**(resources.get("limits") or {}), **gpu}, {**(resources.get("requests") or {}), **gpu}
+    return k8s.V1ResourceRequirements(limits=limits or None, requests=requests or None) if limits or requests else None
 
 
 def _absolute(workspace: str | Path) -> Path:
@@ -329,7 +416,9 @@ def run_stage_in(runner: str, workspace: str | Path, name: str, *, try_number: i
     docker = runner == "docker"
     build = docker_operator if docker else kubernetes_operator
     env = stage_env(Path(workspace), tracking_uri=tracking_uri)
-    operator = build(context["ti"].task_id, workspace, name, try_number, config.docker if docker else config.kubernetes, env)
+    with refused_as_failure():  # a bad TALBENCH_DOCKER_* value: one line, no retry
+        section = docker_config(config.docker) if docker else config.kubernetes
+    operator = build(context["ti"].task_id, workspace, name, try_number, section, env)
     emit(f"{runner}: {operator.image}: $ cd {workspace} && {shlex.join(entry_argv(workspace, name, try_number))}")
     try:
         operator.execute(context)  # streams the container's log into the task's

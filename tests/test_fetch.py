@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,16 +15,15 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 import yaml
 
+from s3server import MotoServer
 from talbench.data.fetch import DownloadError, download, drive_file_id, fetch_archive, prepare_dataset
 from talbench.data.registry import ArchiveSpec, Registry, load_params, load_registry
 from talbench.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, large enough to be cut half-way
 
 
@@ -95,37 +92,10 @@ def server() -> Iterator[ArchiveServer]:
     thread.join()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(endpoint, timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on port {port}") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        proc.terminate()  # by its own PID, through the Popen handle
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 def make_zip(path: Path, members: dict[str, str]) -> Path:
@@ -217,13 +187,9 @@ def test_file_mirror(tmp_path: Path) -> None:
     assert fetch_archive(spec, tmp_path / "data", progress=False).read_bytes() == PAYLOAD
 
 
-def test_s3_mirror_through_moto_server(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+def test_s3_mirror_through_moto_server(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in moto.env().items():  # boto3's own settings, as a user sets them
+        monkeypatch.setenv(name, value)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="tal-data")
     s3.put_object(Bucket="tal-data", Key="archives/thumos.zip", Body=PAYLOAD)

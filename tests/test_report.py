@@ -296,3 +296,16 @@ def test_the_html_page_stands_alone_and_renders_in_chromium(project, tmp_path):
     columns = np.flatnonzero(ink.any(axis=0))
     assert columns[0] > 40 and columns[-1] < PAGE[0] - 40  # centred text column, not a blank or overflowing page
     assert len(np.unique(image.reshape(-1, 3)[::97], axis=0)) > 50  # figures and tables, not plain text
+
+
+def test_the_mlflow_ui_address_comes_from_params_then_the_environment_then_the_server():
+    from talbench.errors import InputError
+    from talbench.report.metadata import ui_base
+
+    env = {"TALBENCH_MLFLOW_UI_URL": "http://127.0.0.1:5001/"}
+    assert ui_base("http://ui.example:1/", "http://mlflow:5000", env) == "http://ui.example:1"
+    assert ui_base(None, "http://mlflow:5000", env) == "http://127.0.0.1:5001"  # the compose stack's steps
+    assert ui_base(None, "http://mlflow:5000", {}) == "http://mlflow:5000"
+    assert ui_base(None, "sqlite:///mlruns/mlflow.db", {}) is None
+    with pytest.raises(InputError, match="TALBENCH_MLFLOW_UI_URL.*mlflow_url.*http://"):
+        ui_base(None, "http://mlflow:5000", {"TALBENCH_MLFLOW_UI_URL": "127.0.0.1:5001"})

@@ -393,3 +393,63 @@ def test_entry_point_runs_the_stage(workspace):
     assert any(line.startswith("thumos14: synthetic archive") for line in lines)
     manifest = workspace / "data" / "synthetic" / "thumos14" / "MANIFEST.json"
     assert json.loads(manifest.read_text())
+
+
+# ---------------------------------------------------------------- a deployment's own Docker facts (TALBENCH_DOCKER_*)
+
+
+BOX = {"TALBENCH_DOCKER_IMAGE": "localhost/talbench:abc123", "TALBENCH_DOCKER_DOCKER_URL": "unix:///run/podman/podman.sock",
+       "TALBENCH_DOCKER_GPUS": "0", "TALBENCH_DOCKER_NETWORK_MODE": "talbench_stack", "TALBENCH_DOCKER_SHM_SIZE": "",
+       "TALBENCH_DOCKER_PASS_ENV": "[HF_HOME, OMP_NUM_THREADS]"}
+
+
+def test_docker_variables_win_over_params_yaml_and_empty_ones_keep_it():
+    params = config(docker={"image": "talbench:latest", "gpus": 2, "shm_size": "8g", "network_mode": "bridge"}).docker
+    got = runners.docker_config(params, BOX)
+    assert (got.image, got.docker_url, got.gpus, got.network_mode) == \
+        ("localhost/talbench:abc123", "unix:///run/podman/podman.sock", 0, "talbench_stack")
+    assert got.shm_size == "8g" and got.pass_env == ["HF_HOME", "OMP_NUM_THREADS"]
+    assert runners.docker_config(params, {"TALBENCH_DOCKER_SHM_SIZE": "1024", "TALBENCH_DOCKER_NETWORK_MODE": "null"}).model_dump() \
+        == {**params.model_dump(), "shm_size": 1024, "network_mode": None}
+    assert runners.docker_config(params, {}) == params
+
+
+def test_every_docker_field_has_its_variable():
+    assert {runners.DOCKER_ENV_PREFIX + field.upper() for field in runners.DockerConfig.model_fields} == set(BOX)
+
+
+@pytest.mark.parametrize(("name", "value", "field", "says"), [
+    ("TALBENCH_DOCKER_GPUS", "-1", "gpus", "an integer >= 0, got -1"),
+    ("TALBENCH_DOCKER_GPUS", "all", "gpus", "an integer >= 0, got 'all'"),
+    ("TALBENCH_DOCKER_SHM_SIZE", "8x", "shm_size", "'8g'"),
+    ("TALBENCH_DOCKER_PASS_ENV", "AWS KEY", "pass_env", "a list of environment variable names"),
+    ("TALBENCH_DOCKER_PASS_ENV", "[HF_HOME", "pass_env", "not a YAML value"),
+])
+def test_a_bad_docker_variable_names_itself_and_the_field(name, value, field, says):
+    with pytest.raises(InputError) as caught:
+        runners.docker_config(config().docker, {name: value})
+    assert (caught.value.path, caught.value.item, caught.value.field) == (name, value, field)
+    assert says in caught.value.problem and "\n" not in str(caught.value)
+
+
+def test_a_bad_docker_variable_fails_the_task_at_once(monkeypatch):
+    monkeypatch.setenv("TALBENCH_DOCKER_GPUS", "two")
+    with pytest.raises(AirflowFailException) as caught:
+        run_stage_in("docker", "/srv/ws/run1", "fetch@thumos14", try_number=1, context=context(), config=config(), emit=print)
+    assert str(caught.value).startswith("error: TALBENCH_DOCKER_GPUS: two: field 'gpus': expected an integer >= 0")
+
+
+def test_docker_variables_reach_the_container_the_engine_creates(monkeypatch):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    engine = FakeEngine(0, [b"done\n"])
+    monkeypatch.setattr(DockerOperator, "hook", property(lambda self: SimpleNamespace(api_client=engine)))
+    for name, value in BOX.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    lines: list[str] = []
+    run_stage_in("docker", "/srv/ws/run1", "report", try_number=1, context=context("report"), config=config(), emit=lines.append)
+    created, host = engine.calls["create_container"], engine.calls["create_host_config"]
+    assert created["image"] == "localhost/talbench:abc123" and created["environment"]["OMP_NUM_THREADS"] == "1"
+    assert host["network_mode"] == "talbench_stack" and not host["device_requests"]
+    assert lines[0].startswith("docker: localhost/talbench:abc123: ")

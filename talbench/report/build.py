@@ -160,7 +160,7 @@ def _mlflow_line(ctx: _Context, results: list[Result]) -> str:
         return f"the parent {parent} of this invocation, with one child run per experiment"
     return (f"the parent {parent} of this invocation, one child run per experiment, in the store "
             f"`{local_store(record['tracking_uri'])}`. Open it with `{LOCAL_UI.format(uri=local_store(record['tracking_uri']))}` "
-            f"(set `report.mlflow_url` in params.yaml to the UI's address to get links here)")
+            f"(set `report.mlflow_url` in params.yaml, or TALBENCH_MLFLOW_UI_URL, to the UI's address to get links here)")
 
 
 def _dataset_section(ctx: _Context, title: str, group: list[Result], level: str) -> list[Block]:

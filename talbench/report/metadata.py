@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,19 @@ def relative(target: str | Path, report_folder: Path) -> str:
     return Path(os.path.relpath(Path(target).absolute(), report_folder.absolute())).as_posix()
 
 
-def ui_base(configured: str | None, tracking_uri: str) -> str | None:
-    """The MLflow UI's base address: params' report.mlflow_url, else the tracking server itself; none for a local store."""
+UI_URL_ENV = "TALBENCH_MLFLOW_UI_URL"  # a deployment's UI address when the stages reach MLflow by another name
+
+
+def ui_base(configured: str | None, tracking_uri: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The MLflow UI's base address: params' report.mlflow_url, else TALBENCH_MLFLOW_UI_URL (the compose
+    stack's steps track to http://mlflow:5000, a name only its network knows), else the tracking server
+    itself; none for a local store."""
+    configured = configured or (os.environ if env is None else env).get(UI_URL_ENV)
     if configured:
+        if not configured.startswith(("http://", "https://")):
+            from talbench.errors import InputError
+
+            raise InputError(UI_URL_ENV, configured, "mlflow_url", "expected an http:// or https:// address")
         return configured.rstrip("/")
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
 

@@ -335,3 +335,32 @@ def test_mlflow_artefacts_are_objects_in_the_bucket(
                                 ("parent", "report/benchmark.html", "reports/benchmark/benchmark.html")):
         assert (tmp_path / folder / name).read_bytes() == (benchmark / local).read_bytes(), name
     assert [p.name for p in (benchmark / "mlruns").iterdir()] == [".gitkeep"]  # nothing was kept on the client's side
+
+
+# -- 5. a container step with its data from the remote instead of a mount -------------------------
+
+
+@pytest.mark.slow
+def test_a_dvc_stage_step_pulls_its_inputs_and_pushes_its_outputs(
+    crashed_push: CrashedPush, benchmark: Path, dvc_store: MotoServer, mlflow_server: SimpleNamespace, tmp_path: Path
+) -> None:
+    """The image's `dvc-stage NAME` (infra/docker/entrypoint.py, run here as the image runs it) in a
+    checkout with no data: the outputs of the stages it reads come from the remote, the stage alone
+    runs, and what it made goes back to the remote."""
+    checkout = tmp_path / "checkout"
+    env = run_env(**{k: v for k, v in dvc_store.env().items() if k != "AWS_ENDPOINT_URL"})
+    sh(["git", "clone", "-q", str(benchmark), str(checkout)], tmp_path, env)
+    step = [sys.executable, str(ROOT / "infra/docker/entrypoint.py"), "dvc-stage"]
+    name = f"evaluate@{EXPERIMENT}"
+
+    done = sh([*step, name], checkout, env | {"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert re.findall(r"^\$ (dvc \w+)", done.stdout, re.M) == ["dvc pull", "dvc repro", "dvc push"]
+    assert re.findall(r"^Running stage '([^']+)'", done.stdout, re.M) == [name]  # its inputs were pulled, not made
+    assert "in sync" in sh(["dvc", "status", "-c", name], checkout, env).stdout
+    scores = f"outputs/{EXPERIMENT}/scores.json"
+    assert (checkout / scores).read_bytes() == (benchmark / scores).read_bytes()  # same checkpoint, same scores
+    changed = sh(["git", "status", "--porcelain"], checkout, env).stdout.split("\n")
+    assert [line[3:] for line in changed if line] == ["dvc.lock"]  # the step's record; nothing else moved
+
+    bad = sh([*step, "evaluate@nowhere"], checkout, env, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "evaluate@nowhere" in bad.stderr

@@ -115,8 +115,9 @@ import importlib.metadata as md, json, os, sys
 import talbench, torch, mlflow, airflow, dvc
 from talbench.orchestration import PROJECT
 from talbench.data.validation import WEB_ASSETS
+from talbench.tracking.mlflow_tracking import git_commit
 print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "python": list(sys.version_info[:2]), "project": str(PROJECT),
-                  "web_assets": WEB_ASSETS.is_dir(), "cwd": os.getcwd(),
+                  "web_assets": WEB_ASSETS.is_dir(), "cwd": os.getcwd(), "commit": git_commit(),
                   "packages": {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}}))
 """
     result = run(project_image(), "python", "-c", probe, mounts={})
@@ -125,6 +126,9 @@ print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "python": list(sys.ver
     assert found["uid"] == UID and found["gid"] == UID
     assert found["python"] == [3, 11]
     assert found["project"] == "/opt/talbench" and found["web_assets"] and found["cwd"] == "/work"
+    # no .git in the image: MLflow's runs record the commit it was built from
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert found["commit"] == head
     locked = {}
     for line in (ROOT / "requirements.lock").read_text().splitlines():
         if "==" in line and not line.startswith("#"):

@@ -104,10 +104,17 @@ def input_files(dockerfile: Path = DOCKERFILE) -> list[Path]:
     return sorted(path for path in files if path.is_file())
 
 
-def inputs_hash(base: str | None) -> str:
-    """sha256 over the base (its name and local id; None: the Dockerfile's) and each input file's path and content."""
+def source_commit() -> str:
+    """HEAD of the tree being built (the image's TALBENCH_SOURCE_COMMIT), or 'unknown' outside a git checkout."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+def inputs_hash(base: str | None, commit: str) -> str:
+    """sha256 over the base (its name and local id; None: the Dockerfile's), the commit and each input
+    file's path and content."""
     digest = hashlib.sha256()
-    digest.update(f"base {base} {image_id(base) if base else None}\n".encode())
+    digest.update(f"base {base} {image_id(base) if base else None}\ncommit {commit}\n".encode())
     for path in input_files():
         digest.update(f"{path.relative_to(ROOT)}\n".encode())
         with open(path, "rb") as f:
@@ -221,12 +228,13 @@ def build(tag: str, *, cpu: bool, base: str | None = None, mirror: str | None = 
         if podman("image", "exists", base, check=False).returncode != 0:
             make_cpu_base(mirror or debian_mirror(), base)
     wheels = stage_inputs(cpu)
-    digest = inputs_hash(base)
+    commit = source_commit()
+    digest = inputs_hash(base, commit)
     if image_label(tag) == digest:
         print(f"{tag}: up to date (inputs {digest[:12]}), not rebuilt", flush=True)
         return tag
     args = ["build", "--jobs", "2", "-f", str(DOCKERFILE), "-t", tag, "--label", f"{LABEL}={digest}",
-            "--build-arg", f"LOCAL_WHEELS={' '.join(wheels) or 'none'}"]
+            "--build-arg", f"LOCAL_WHEELS={' '.join(wheels) or 'none'}", "--build-arg", f"SOURCE_COMMIT={commit}"]
     if base:
         args += ["--build-arg", f"BASE_IMAGE={base}"]
     print(f"build: {tag} from {base or 'the CUDA base'}, local wheels: {', '.join(wheels) or 'none'}", flush=True)

@@ -500,12 +500,13 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def git_commit() -> str:
-    """HEAD of the repository holding this code, or 'unknown' (no git, not a checkout)."""
+    """HEAD of the repository holding this code; in the project image (no .git) the commit it was built
+    from, TALBENCH_SOURCE_COMMIT; else 'unknown'."""
     try:
         done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                               text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("TALBENCH_SOURCE_COMMIT") or "unknown"
     return done.stdout.strip() or "unknown"
 
 

@@ -179,14 +179,15 @@ def orphan_entries(objects: dict[str, bytes]) -> list[str]:
 @pytest.fixture(scope="module")
 def crashed_push(benchmark: Path, dvc_store: MotoServer) -> CrashedPush:
     """The first push, one object at a time (for the store's journal), cut by `kill -9` of the store
-    once it has acknowledged CUT_AFTER objects; the store restarted; the push run again. botocore
-    retries a refused connection for seconds per object (5 attempts): AWS_MAX_ATTEMPTS=1 makes the
-    cut push give up at once instead of minutes later."""
+    once it has acknowledged CUT_AFTER objects, a directory manifest among them; the store restarted;
+    the push run again. botocore retries a refused connection for seconds per object (5 attempts):
+    AWS_MAX_ATTEMPTS=1 makes the cut push give up at once instead of minutes later."""
     env = run_env(**no_files(benchmark))
     first = subprocess.Popen(["dvc", "push", "-j", "1"], cwd=benchmark, env=env | {"AWS_MAX_ATTEMPTS": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _acknowledged(dvc_store) < CUT_AFTER:
+    # cut once a manifest is stored too (DVC's order of directories varies): its files are then checked
+    while (acknowledged := _acknowledged(dvc_store))[0] < CUT_AFTER or not acknowledged[1]:
         assert first.poll() is None, f"the push ended before the crash:\n{first.communicate()}"
         assert time.monotonic() < deadline, "the push stored nothing in 120 s"
         time.sleep(0.01)
@@ -209,10 +210,11 @@ class CrashedPush:
     after: dict[str, bytes] = field(repr=False)  # the remote after the second push
 
 
-def _acknowledged(server: MotoServer) -> int:
-    """Objects the store has answered 200 to so far, from its request log."""
-    stored = re.compile(rf'"PUT /{DVC_BUCKET}/dvc/files/\S+ HTTP/1.1" 200 ')
-    return sum(1 for line in server.log.read_text().splitlines() if stored.search(line))
+def _acknowledged(server: MotoServer) -> tuple[int, int]:
+    """Objects, and directory manifests (.dir) among them, the store has answered 200 to so far, from its request log."""
+    stored = re.compile(rf'"PUT /{DVC_BUCKET}/dvc/files/(\S+) HTTP/1.1" 200 ')
+    keys = [found[1] for line in server.log.read_text().splitlines() if (found := stored.search(line))]
+    return len(keys), sum(key.endswith(".dir") for key in keys)
 
 
 @pytest.mark.slow

@@ -220,7 +220,8 @@ def _acknowledged(server: MotoServer) -> tuple[int, int]:
 @pytest.mark.slow
 def test_a_push_cut_by_a_store_crash_fails_in_clear_words(crashed_push: CrashedPush, dvc_store: MotoServer) -> None:
     assert crashed_push.returncode != 0
-    assert f'Could not connect to the endpoint URL: "{dvc_store.endpoint}/{DVC_BUCKET}/dvc/files/md5/' in crashed_push.output
+    # the request cut may be an upload or a listing of what the remote already has: both name the store
+    assert f'Could not connect to the endpoint URL: "{dvc_store.endpoint}/{DVC_BUCKET}' in crashed_push.output
     assert "Traceback" not in crashed_push.output
 
 

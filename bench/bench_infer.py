@@ -20,6 +20,7 @@ one run: bench/bench_vs_reference.py.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -35,7 +36,7 @@ from talbench.config import load_config  # noqa: E402
 from talbench.data.dataset import VideoItem  # noqa: E402
 from talbench.data.registry import load_registry  # noqa: E402
 from talbench.eval.nms import postprocess_video  # noqa: E402
-from talbench.inference import inference_precision, video_candidates  # noqa: E402
+from talbench.inference import inference_model, inference_precision, video_candidates  # noqa: E402
 from talbench.models import build_model  # noqa: E402
 from talbench.training import native_bf16  # noqa: E402
 
@@ -149,8 +150,9 @@ def main() -> None:
         warm, timed = videos[: args.warmup], videos[args.warmup:]
         for (mode, cfg), precision in ((m, p) for m in modes for p in precisions):
             mode_cfg = {**cfg, "precision": precision}
-            with inference_precision(mode_cfg, device):  # as talbench.inference.predict: one region for all videos
-                r = bench_mode(model, warm, timed, device, mode_cfg)
+            prepared = inference_model(copy.deepcopy(model), mode_cfg, device)  # as talbench.inference.predict
+            with inference_precision(mode_cfg, device):  # one region for all videos, as predict
+                r = bench_mode(prepared, warm, timed, device, mode_cfg)
             peak = f"{r['peak_gib']:8.2f}" if r["peak_gib"] is not None else f"{'-':>8}"
             med_t = int(statistics.median(v.feats.shape[1] for v in timed))
             print(f"{precision:10} {device.type:6} {mode:11} {label:>9} {med_t:8d} {r['cands']:6.0f} {r['kept']:5.0f} "

@@ -204,10 +204,10 @@ def timed(step, batches: list, warmup: int) -> list[float]:
     return times
 
 
-def length_probe(backbone) -> list[int]:
-    """Records the padded length of every backbone input."""
+def length_probe(backbone, time_dim: int) -> list[int]:
+    """Records the padded length of every backbone input (talbench's is [B, T, C], the original's [B, C, T])."""
     seen: list[int] = []
-    backbone.register_forward_pre_hook(lambda _m, inputs: seen.append(int(inputs[0].shape[-1])))
+    backbone.register_forward_pre_hook(lambda _m, inputs: seen.append(int(inputs[0].shape[time_dim])))
     return seen
 
 
@@ -232,7 +232,7 @@ def talbench_train(a: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     precision = resolve_precision(config["train_cfg"]["precision"], device)
     index = {r.video_id: i for i, r in enumerate(ds.records)}
-    seen = length_probe(model.backbone)
+    seen = length_probe(model.backbone, 1)
     state = {"step": 0, "loss": 0.0}
     model.train()
 
@@ -300,7 +300,7 @@ def original_train(a: argparse.Namespace) -> dict:
     ema = ModelEma(model, decay=EMA_DECAY)
     clip = cfg["train_cfg"]["clip_grad_l2norm"]
     index = {d["id"]: i for i, d in enumerate(ds.data_list)}
-    seen = length_probe(model.module.backbone)
+    seen = length_probe(model.module.backbone, -1)
     state = {"loss": 0.0}
     model.train()
 
@@ -336,7 +336,7 @@ def original_infer(a: argparse.Namespace) -> dict:
     model.module.load_state_dict(torch.load(a.weights, weights_only=True))
     model.eval()
     index = {d["id"]: i for i, d in enumerate(ds.data_list)}
-    seen = length_probe(model.module.backbone)
+    seen = length_probe(model.module.backbone, -1)
     found = {"dets": 0, "score_sum": 0.0}
 
     def step(vid: str) -> None:  # the loop body of its valid_one_epoch (batch size 1)
@@ -352,7 +352,7 @@ def talbench_infer(a: argparse.Namespace) -> dict:
     import torch
     from talbench.config import load_config
     from talbench.data.dataset import VideoDataset
-    from talbench.inference import inference_precision, video_results
+    from talbench.inference import inference_model, inference_precision, video_results
     from talbench.models import build_model
     from talbench.training import resolve_precision
 
@@ -360,12 +360,12 @@ def talbench_infer(a: argparse.Namespace) -> dict:
     ds = VideoDataset(config["dataset"], config["val_split"], is_training=False)
     model = build_model(config["model"])
     load_original_weights(model, torch.load(a.weights, weights_only=True))
-    model.eval()
     test_cfg = config["test_cfg"]
     device = torch.device("cpu")
+    model = inference_model(model, test_cfg, device)  # as predict
     precision = resolve_precision(test_cfg["precision"], device)
     index = {r.video_id: i for i, r in enumerate(ds.records)}
-    seen = length_probe(model.backbone)
+    seen = length_probe(model.backbone, 1)
     found = {"dets": 0, "score_sum": 0.0}
 
     def step(vid: str) -> None:  # the loop body of talbench.inference.predict

@@ -39,6 +39,23 @@ def inference_precision(test_cfg: dict[str, Any], device: torch.device) -> torch
 
 
 @torch.no_grad()
+def inference_model(model: torch.nn.Module, test_cfg: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """`model` on `device` in eval mode, its conv weights stored once as the kernels read them: in bf16
+    where test_cfg.precision computes in bf16, and with the input channels innermost. Otherwise
+    autocast and oneDNN would convert every weight again for every video (a model for inference
+    only: these strides are not for the optimizer)."""
+    from talbench.training import resolve_precision
+
+    model = model.to(device).eval()
+    bf16 = resolve_precision(test_cfg.get("precision", "auto"), device) == "bf16"
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv1d):
+            weight = module.weight.data.to(torch.bfloat16) if bf16 else module.weight.data
+            module.weight.data = weight.transpose(1, 2).contiguous().transpose(1, 2)  # [C_out, k, C_in] in memory
+    return model
+
+
+@torch.no_grad()
 def video_candidates(model: torch.nn.Module, item: VideoItem, device: torch.device, test_cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pre-NMS candidates (grid units) of one video, whole or in overlapping windows."""
     from talbench.models import pad_batch
@@ -80,8 +97,8 @@ def predict(config: dict[str, Any], weights: dict[str, Any], dataset: VideoDatas
 
     model = build_model(config["model"])
     load_weights(model, weights, source)
-    model = model.to(device).eval()
     test_cfg = config["test_cfg"]
+    model = inference_model(model, test_cfg, device)
     ext_scores = _external_scores(test_cfg, config["dataset"], dataset)
     results: dict[str, list[dict[str, Any]]] = {}
     bar = Progress("inference", len(dataset), unit="video", enabled=progress)  # plain lines in logs, tqdm on a terminal

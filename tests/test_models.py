@@ -14,6 +14,7 @@ from torch import Tensor
 from talbench.models import ActionFormer, build_model, pad_batch
 from talbench.models.assignment import assign_labels
 from talbench.models.blocks import (
+    ChannelsLastConv1d,
     Dropout,
     MaskedConv1D,
     MaskedMultiHeadAttention,
@@ -124,12 +125,35 @@ def test_max_div_factor() -> None:
 
 def test_masked_conv_downsamples_mask() -> None:
     conv = MaskedConv1D(2, 3, 3, stride=2)
-    mask = torch.tensor([[[True] * 5 + [False] * 3]])
-    out, out_mask = conv(torch.randn(1, 2, 8), mask)
-    assert out_mask.tolist() == [[[True, True, True, False]]]
-    assert (out[..., 3] == 0).all()
+    mask = torch.tensor([[[True] * 5 + [False] * 3]]).transpose(1, 2)  # [B, T, 1]
+    x = torch.randn(1, 8, 2)
+    out, out_mask = conv(x, mask)
+    assert out_mask[..., 0].tolist() == [[True, True, True, False]]
+    assert out.shape == (1, 4, 3) and (out[:, 3] == 0).all()
+    # the same conv as nn.Conv1d on [B, C, T]
+    expected = F.conv1d(x.transpose(1, 2), conv.conv.weight, conv.conv.bias, stride=2, padding=1).transpose(1, 2)
+    torch.testing.assert_close(out[:, :3], expected[:, :3])
     with pytest.raises(ValueError, match="divisible"):
-        conv(torch.randn(1, 2, 7), mask[..., :7])
+        conv(torch.randn(1, 7, 2), mask[:, :7])
+
+
+@pytest.mark.parametrize("kernel,stride,groups", [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 2, 4)])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_channels_last_conv_equals_conv1d(kernel: int, stride: int, groups: int, bf16: bool) -> None:
+    """Same values and gradients as nn.Conv1d on the transposed input, on the GEMM and the conv path."""
+    gen = torch.Generator().manual_seed(0)
+    conv = ChannelsLastConv1d(8, 12, kernel, stride=stride, padding=kernel // 2, groups=groups)
+    x = torch.randn(2, 16, 8, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = conv(x)
+        ref = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, stride, kernel // 2, 1, groups).transpose(1, 2)
+    assert out.shape == ref.shape and out.is_contiguous()
+    tol = {"rtol": 2e-2, "atol": 2e-2} if bf16 else {}
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
+    grads = torch.autograd.grad(out.float().square().sum(), [x, conv.weight])
+    ref_grads = torch.autograd.grad(ref.float().square().sum(), [x, conv.weight])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **({"rtol": 5e-2, "atol": 5e-2} if bf16 else {}))
 
 
 @pytest.mark.parametrize(
@@ -226,10 +250,10 @@ def test_heads_on_the_concatenated_pyramid_equal_per_level_heads() -> None:
     model = perturbed(build_model(tiny_cfg())).eval()
     gen = torch.Generator().manual_seed(1)
     lengths = [32, 16, 8, 4, 2, 1]
-    feats = [torch.randn(2, 16, t, generator=gen) for t in lengths]
-    masks = [torch.ones(2, 1, t, dtype=torch.bool) for t in lengths]
+    feats = [torch.randn(2, t, 16, generator=gen) for t in lengths]
+    masks = [torch.ones(2, t, 1, dtype=torch.bool) for t in lengths]
     for m in masks:
-        m[1, :, m.shape[-1] // 2 + 1:] = False
+        m[1, m.shape[1] // 2 + 1:] = False
     feats = [f * m for f, m in zip(feats, masks)]
     with torch.no_grad():
         cls = model.cls_head(feats, masks)
@@ -240,17 +264,17 @@ def test_heads_on_the_concatenated_pyramid_equal_per_level_heads() -> None:
             torch.testing.assert_close(cls[level], alone_cls, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(offsets[level], alone_reg, rtol=1e-5, atol=1e-5)
     x, mask = concat_levels(feats, masks, gap=2)
-    assert x.shape[-1] == sum(lengths) + 2 * 5 and not mask[..., 32:34].any()
+    assert x.shape[1] == sum(lengths) + 2 * 5 and not mask[:, 32:34].any()
     assert all(torch.equal(a, b) for a, b in zip(split_levels(x, lengths, 2), feats))
 
 
 def test_attention_module_has_no_nan_for_far_padded_queries() -> None:
     attn = MaskedMultiHeadAttention(8, 2, window=3, stride=2, proj_dropout=0.0)
-    mask = torch.zeros(1, 1, 32, dtype=torch.bool)
-    mask[..., :4] = True
-    out, out_mask = attn(torch.randn(1, 8, 32) * mask, mask)
-    assert out.shape == (1, 8, 16) and out_mask.sum() == 2
-    assert torch.isfinite(out).all() and (out[..., 2:] == 0).all()
+    mask = torch.zeros(1, 32, 1, dtype=torch.bool)
+    mask[:, :4] = True
+    out, out_mask = attn(torch.randn(1, 32, 8) * mask, mask)
+    assert out.shape == (1, 16, 8) and out_mask.sum() == 2
+    assert torch.isfinite(out).all() and (out[:, 2:] == 0).all()
 
 
 # ---------------------------------------------------------------- positional encoding
@@ -555,8 +579,8 @@ def test_per_feature_type_projection() -> None:
     expected = torch.cat(
         [F.conv1d(part, p.conv.weight, p.conv.bias) * masks for part, p in zip(parts, backbone.proj)], dim=1
     )
-    torch.testing.assert_close(seen[0], expected)
-    assert (seen[0][1, :, 20:] == 0).all() and (seen[0][1, :, :20] < 0).any()  # masked, not ReLU'd
+    torch.testing.assert_close(seen[0], expected.transpose(1, 2))  # the blocks run channels last
+    assert (seen[0][1, 20:] == 0).all() and (seen[0][1, :20] < 0).any()  # masked, not ReLU'd
 
     with pytest.raises(ValueError, match="channels"):
         model.forward_levels(feats[:, :20], masks)

@@ -135,11 +135,12 @@ class ActionFormer(nn.Module):
                 f"input length {feats.shape[-1]} is not a multiple of max_div_factor {self.max_div_factor}"
                 " (pad with pad_batch)"
             )
-        level_feats, level_masks = self.neck(*self.backbone(feats, masks))
-        points = make_points([x.shape[-1] for x in level_feats], self.strides, self.regression_range, feats.device)
-        cls_logits = [x.transpose(1, 2) for x in self.cls_head(level_feats, level_masks)]
-        offsets = [x.transpose(1, 2) for x in self.reg_head(level_feats, level_masks)]
-        return points, cls_logits, offsets, [m[:, 0] for m in level_masks]
+        # the layers run channels last (blocks.py); the first conv reads the [B, C, T] input as it is
+        level_feats, level_masks = self.neck(*self.backbone(feats.transpose(1, 2), masks.transpose(1, 2)))
+        points = make_points([x.shape[1] for x in level_feats], self.strides, self.regression_range, feats.device)
+        cls_logits = self.cls_head(level_feats, level_masks)
+        offsets = self.reg_head(level_feats, level_masks)
+        return points, cls_logits, offsets, [m[..., 0] for m in level_masks]
 
     def forward(
         self,

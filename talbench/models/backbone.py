@@ -41,7 +41,8 @@ def embedding_widths(input_dim: int | Sequence[int], embd_dim: int | Sequence[in
 class ConvTransformerBackbone(nn.Module):
     """Embedding convs, `n_stem` stride-1 transformer blocks, then `n_branch` blocks that each halve the length.
 
-    Returns the stem output and every branch block's output: 1 + n_branch levels.
+    Takes [B, T, C] inputs with [B, T, 1] masks (see blocks.py) and returns the stem output and every
+    branch block's output: 1 + n_branch levels.
     `windows[l]` is the attention window of level l (level 0: the stem blocks).
 
     With lists for both `input_dim` and `embd_dim` (several feature types concatenated along
@@ -105,18 +106,18 @@ class ConvTransformerBackbone(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         if self.split_dims:
-            if x.shape[1] != sum(self.split_dims):
+            if x.shape[-1] != sum(self.split_dims):
                 raise ValueError(
-                    f"input has {x.shape[1]} channels, the feature types {list(self.split_dims)} "
+                    f"input has {x.shape[-1]} channels, the feature types {list(self.split_dims)} "
                     f"need {sum(self.split_dims)}"
                 )
-            parts = x.split(self.split_dims, dim=1)
-            x = torch.cat([proj(part, mask)[0] for proj, part in zip(self.proj, parts)], dim=1)
+            parts = x.split(self.split_dims, dim=-1)
+            x = torch.cat([proj(part, mask)[0] for proj, part in zip(self.proj, parts)], dim=-1)
         for conv, norm in zip(self.embd, self.embd_norm):
             x, mask = conv(x, mask)
             x = F.relu(norm(x)) * mask
         if self.pos_embd is not None:
-            x = x + self.positional_encoding(x.shape[-1]).to(x.dtype) * mask
+            x = x + self.positional_encoding(x.shape[1]).T.to(x.dtype) * mask
         for block in self.stem:
             x, mask = block(x, mask)
         feats, masks = [x], [mask]

@@ -30,35 +30,35 @@ class _Trunk(nn.Module):
 
 
 def concat_levels(feats: list[Tensor], masks: list[Tensor], gap: int) -> tuple[Tensor, Tensor]:
-    """The pyramid as one sequence, levels separated by `gap` padded (zero) steps.
+    """The pyramid ([B, T_l, C] levels) as one sequence, levels separated by `gap` padded (zero) steps.
 
     A masked conv of kernel 2 * gap + 1 then sees each level exactly as it would alone, and the
     heads run one conv per layer instead of one per layer and level (a 6-level pyramid: 6x fewer
     calls, the short levels no longer run at the low efficiency of tiny convs).
     """
     if gap == 0:
-        return torch.cat(feats, dim=-1), torch.cat(masks, dim=-1)
-    x_gap = feats[0].new_zeros(*feats[0].shape[:-1], gap)
-    m_gap = masks[0].new_zeros(*masks[0].shape[:-1], gap)
-    x = torch.cat([t for f in feats for t in (f, x_gap)][:-1], dim=-1)
-    return x, torch.cat([t for m in masks for t in (m, m_gap)][:-1], dim=-1)
+        return torch.cat(feats, dim=1), torch.cat(masks, dim=1)
+    x_gap = feats[0].new_zeros(feats[0].shape[0], gap, feats[0].shape[2])
+    m_gap = masks[0].new_zeros(masks[0].shape[0], gap, masks[0].shape[2])
+    x = torch.cat([t for f in feats for t in (f, x_gap)][:-1], dim=1)
+    return x, torch.cat([t for m in masks for t in (m, m_gap)][:-1], dim=1)
 
 
 def split_levels(x: Tensor, lengths: list[int], gap: int) -> list[Tensor]:
-    """Undo `concat_levels` on a head's output: per level [B, C, T_l]."""
+    """Undo `concat_levels` on a head's output: per level [B, T_l, C]."""
     sizes = [n for t in lengths for n in (t, gap)][:-1]
-    return list(x.split(sizes, dim=-1)[::2])
+    return list(x.split(sizes, dim=1)[::2])
 
 
 def on_pyramid(trunk: _Trunk, out: MaskedConv1D, feats: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
-    """A head (trunk, then output conv) over every level at once: per level [B, C_out, T_l]."""
+    """A head (trunk, then output conv) over every level at once: per level [B, T_l, C_out]."""
     gap = out.conv.kernel_size[0] // 2
     x, mask = concat_levels(feats, masks, gap)
-    return split_levels(out(trunk(x, mask), mask)[0], [f.shape[-1] for f in feats], gap)
+    return split_levels(out(trunk(x, mask), mask)[0], [f.shape[1] for f in feats], gap)
 
 
 class ClsHead(nn.Module):
-    """Per-level class logits [B, num_classes, T_l]; the output bias starts at the prior probability's logit."""
+    """Per-level class logits [B, T_l, num_classes]; the output bias starts at the prior probability's logit."""
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class ClsHead(nn.Module):
 
 
 class RegHead(nn.Module):
-    """Per-level distances to start and end [B, 2, T_l], in units of the level's stride (>= 0)."""
+    """Per-level distances to start and end [B, T_l, 2], in units of the level's stride (>= 0)."""
 
     def __init__(
         self, in_dim: int, dim: int, num_levels: int, num_layers: int, kernel_size: int, with_ln: bool

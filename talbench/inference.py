@@ -66,7 +66,7 @@ def video_candidates(model: torch.nn.Module, item: VideoItem, device: torch.devi
     parts = []
     for start in windows(feats.shape[1], chunk, float(test_cfg.get("chunk_overlap", 0.25))):
         window = feats[:, start: start + chunk] if chunk > 0 else feats
-        batch, masks = pad_batch([window], model.max_div_factor)
+        batch, masks = pad_batch([window], model.max_div_factor, channels_last=True)
         with cast:
             out = model(batch, masks)[0]
         parts.append((out["segments"] + start, out["scores"], out["labels"]))

@@ -114,7 +114,7 @@ class VideoDataset(torch.utils.data.Dataset):
         elif rate > 1:
             feats = feats[::rate]
             stride *= rate
-        tensor = torch.from_numpy(np.ascontiguousarray(feats.T))
+        tensor = torch.from_numpy(np.ascontiguousarray(feats)).T  # [C, T], a view of the file's [T, C] rows
         if self.cfg["force_upsampling"] and tensor.shape[1] != max_len:
             tensor = F.interpolate(tensor[None], size=max_len, mode="linear", align_corners=False)[0]
         offset = 0.5 * num_frames / stride

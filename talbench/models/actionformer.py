@@ -223,16 +223,23 @@ class ActionFormer(nn.Module):
         return results
 
 
-def pad_batch(feats_list: Sequence[Tensor], max_div_factor: int, pad_to: int | None = None) -> tuple[Tensor, Tensor]:
+def pad_batch(feats_list: Sequence[Tensor], max_div_factor: int, pad_to: int | None = None,
+              channels_last: bool = False) -> tuple[Tensor, Tensor]:
     """Stack [C, T_i] features into zero-padded feats [B, C, T] and masks [B, 1, T] (True = real step).
 
-    T is the longest T_i (or pad_to, if larger) rounded up to a multiple of max_div_factor.
+    T is the longest T_i (or pad_to, if larger) rounded up to a multiple of max_div_factor. With
+    `channels_last` the feats are [B, T, C] in memory, as the model's layers run: faster for inference
+    (a plain copy of the dataset's [T, C] rows, and the first conv's forward); the first conv's weight
+    gradient is faster from [B, C, T], so training keeps that.
     """
     lengths = [f.shape[-1] for f in feats_list]
     length = max(max(lengths), pad_to or 0)
     length = -(-length // max_div_factor) * max_div_factor
     first = feats_list[0]
-    feats = first.new_zeros(len(feats_list), first.shape[0], length)
+    if channels_last:
+        feats = first.new_zeros(len(feats_list), length, first.shape[0]).transpose(1, 2)
+    else:
+        feats = first.new_zeros(len(feats_list), first.shape[0], length)
     masks = torch.zeros(len(feats_list), 1, length, dtype=torch.bool, device=first.device)
     for i, (f, t) in enumerate(zip(feats_list, lengths)):
         feats[i, :, :t] = f

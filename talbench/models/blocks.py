@@ -186,6 +186,19 @@ def _blocks(x: Tensor, half: int, block: int, pad_end: int, dim: int) -> Tensor:
     return F.pad(x, pad).unfold(dim, block + 2 * half, block)
 
 
+def _key_spans(x: Tensor, half: int, block: int, pad_end: int) -> Tensor:
+    """The keys (or values) [B, H, T, D] each block of `block` queries sees: from `half` steps before
+    the block to `half` after it, zero outside [0, T): [B, H, n, block + 2 * half, D], half <= block.
+    Three strided views concatenated, not `unfold`: its backward is several times slower."""
+    b, h, t, d = x.shape
+    n = (t + pad_end) // block
+    padded = F.pad(x, [0, 0, half, half + pad_end + block])
+    own = padded[:, :, half: half + n * block].view(b, h, n, block, d)
+    before = padded[:, :, : n * block].view(b, h, n, block, d)[:, :, :, :half]
+    after = padded[:, :, block + half: block + half + n * block].view(b, h, n, block, d)[:, :, :, :half]
+    return torch.cat([before, own, after], dim=3)
+
+
 def attention_banded(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int, block: int = ATTENTION_BLOCK) -> Tensor:
     """Windowed attention with the same semantics as `attention_sdpa`, in O(T * (block + window)) memory.
 
@@ -196,11 +209,11 @@ def attention_banded(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int
     """
     half = window // 2
     b, h, t, d = q.shape
-    block = min(block, t)
+    block = max(min(block, t), half)
     n_blocks = -(-t // block)
     pad_end = n_blocks * block - t
-    keys = _blocks(k, half, block, pad_end, dim=2)  # [B, H, n, D, block + 2 * half]
-    values = _blocks(v, half, block, pad_end, dim=2).transpose(-1, -2)  # [B, H, n, block + 2 * half, D]
+    keys = _key_spans(k, half, block, pad_end).transpose(-1, -2)  # [B, H, n, D, block + 2 * half]
+    values = _key_spans(v, half, block, pad_end)  # [B, H, n, block + 2 * half, D]
     queries = F.pad(q, [0, 0, 0, pad_end]).view(b, h, n_blocks, block, d)
     scores = torch.matmul(queries, keys) * d**-0.5  # [B, H, n, block, block + 2 * half]
     # key column c of a block sits c - half - r steps after its query r

@@ -1,8 +1,8 @@
 import torch
 
 from talbench.data.dataset import VideoItem
-from talbench.inference import fuse_external_scores, video_candidates, windows
-from talbench.models import build_model
+from talbench.inference import fuse_external_scores, inference_model, video_candidates, windows
+from talbench.models import build_model, pad_batch
 from talbench.config import DEFAULTS, finalize
 import copy
 
@@ -35,6 +35,31 @@ def test_chunked_inference_covers_long_videos_in_windows():
     # windows are shifted back to video coordinates: candidates reach the end of the video
     assert chunked[0][:, 0].max() > 1000 - 256 and whole[0][:, 0].max() > 1000 - 256
     assert chunked[0].min() > -50 and chunked[0].max() < 1050
+
+
+def test_the_inference_model_and_layout_change_no_candidate():
+    """inference_model (weights stored once in the kernels' dtype and layout) and channels-last batches
+    give the candidates of the plain model, to the rounding of the precision (the kernels may sum in
+    another order)."""
+    model, test_cfg = _tiny_model()
+    feats = torch.randn(8, 300).T.contiguous().T  # [C, T], stored [T, C] like the dataset's items
+    item = VideoItem("v", feats, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), 30.0, 100.0, 4.0, 16.0)
+    cpu = torch.device("cpu")
+    for precision in ("fp32", "bf16"):
+        cfg = {**test_cfg, "precision": precision}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"), torch.no_grad():
+            plain = model(*pad_batch([feats.contiguous()], model.max_div_factor))[0]
+        prepared = video_candidates(inference_model(copy.deepcopy(model), cfg, cpu), item, cpu, cfg)
+        assert len(prepared[1]) == len(plain["scores"]) > 0
+        if precision == "bf16":  # near-equal scores may swap places
+            torch.testing.assert_close(prepared[1].sort().values, plain["scores"].sort().values, rtol=2e-2, atol=1e-4)
+        else:
+            assert torch.equal(prepared[2], plain["labels"])
+            torch.testing.assert_close(prepared[1], plain["scores"])
+            torch.testing.assert_close(prepared[0], plain["segments"])
+    batch, _ = pad_batch([feats], 32, channels_last=True)
+    assert batch.shape == (1, 8, 320) and batch.transpose(1, 2).is_contiguous()
+    assert torch.equal(batch[0, :, :300], feats) and not batch[0, :, 300:].any()
 
 
 def test_score_fusion_takes_the_top_classes():

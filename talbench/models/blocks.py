@@ -179,17 +179,11 @@ def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int) 
 ATTENTION_BLOCK = 32  # queries per block of the windowed attention (tuned on CPU: bench/bench_attention.py)
 
 
-def _blocks(x: Tensor, half: int, block: int, pad_end: int, dim: int) -> Tensor:
-    """Zero-pad `dim` by `half` before and `half + pad_end` after, then view overlapping blocks of
-    `block + 2 * half` steps every `block` steps (block index before `dim`, block steps last)."""
-    pad = [0, 0] * (x.ndim - 1 - dim) + [half, half + pad_end]
-    return F.pad(x, pad).unfold(dim, block + 2 * half, block)
-
-
 def _key_spans(x: Tensor, half: int, block: int, pad_end: int) -> Tensor:
-    """The keys (or values) [B, H, T, D] each block of `block` queries sees: from `half` steps before
-    the block to `half` after it, zero outside [0, T): [B, H, n, block + 2 * half, D], half <= block.
-    Three strided views concatenated, not `unfold`: its backward is several times slower."""
+    """The keys (or values, or their masks as [B, 1, T, 1]) [B, H, T, D] each block of `block` queries
+    sees: from `half` steps before the block to `half` after it, zero (False) outside [0, T):
+    [B, H, n, block + 2 * half, D], half <= block. Three strided views concatenated, not `unfold`:
+    its backward is several times slower."""
     b, h, t, d = x.shape
     n = (t + pad_end) // block
     padded = F.pad(x, [0, 0, half, half + pad_end + block])
@@ -219,8 +213,9 @@ def attention_banded(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, window: int
     # key column c of a block sits c - half - r steps after its query r
     offset = torch.arange(block + 2 * half, device=q.device) - torch.arange(block, device=q.device)[:, None]
     in_band = (offset >= 0) & (offset <= 2 * half)  # [block, block + 2 * half]
-    in_video = _blocks(torch.ones(t, dtype=torch.bool, device=q.device), half, block, pad_end, dim=0)  # [n, block + 2 * half]
-    key_valid = _blocks(valid, half, block, pad_end, dim=1)  # [B, n, block + 2 * half]
+    steps = torch.ones(1, 1, t, 1, dtype=torch.bool, device=q.device)
+    in_video = _key_spans(steps, half, block, pad_end)[0, 0, ..., 0]  # [n, block + 2 * half]
+    key_valid = _key_spans(valid[:, None, :, None], half, block, pad_end)[:, 0, ..., 0]  # [B, n, block + 2 * half]
     query_padded = ~F.pad(valid, [0, pad_end]).view(b, n_blocks, block, 1)
     allowed = in_band & in_video[:, None, :] & (key_valid[:, :, None, :] | query_padded)  # [B, n, block, block + 2 * half]
     # the most negative finite score, not -inf: the rows of the last block past the end see no key at

@@ -31,6 +31,7 @@ GRID = 2304
 
 def make_video(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # Beta.sample draws from the global generator
     n_gt = 15
     classes = torch.randperm(num_classes, generator=g)[: int(torch.randint(1, 4, (1,), generator=g))]
     gt_len = torch.rand(n_gt, generator=g) * 100 + 2

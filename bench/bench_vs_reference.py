@@ -33,7 +33,8 @@ Data: the THUMOS14 twin `talbench synth thumos14 --scale small --seed 0` (80 tra
 videos of 60-180 s, 2048-d I3D-like features stored [T, C] as the original reads them, 20 classes),
 made under --data on first use. Config: the published recipe (configs/thumos_i3d.yaml: embd 512,
 window 19, batch 2, clip 1.0, AdamW) with the data paths and max_seq_len replaced, written to
-/tmp/refbench/work/ and read by both sides' own config loaders.
+/tmp/refbench/work/ and read by both sides' own config loaders. train_cfg.dropout and droppath are
+written out (the release's 0.1 and 0.1, talbench's defaults): the package's own default dropout is 0.0.
 
 The original comes from PyPI (actionformer 1.5.0, a packaged fork of happyharrycn/actionformer_release
 whose default LocPointTransformer/convTransformer is the original code) in a separate,
@@ -161,8 +162,15 @@ def write_config(base: Path, json_file: Path, feats: Path, max_seq_len: int, epo
     in the original's layout (both sides read it)."""
     import yaml
 
+    from talbench.config import DEFAULTS
+
     config = yaml.safe_load(base.read_text())
     config["dataset"].update(json_file=str(json_file), feat_folder=str(feats), max_seq_len=max_seq_len)
+    # The packaged original defaults train_cfg.dropout to 0.0, the release (and talbench) to 0.1:
+    # written out, both sides train the same recipe.
+    train_cfg = config.setdefault("train_cfg", {})
+    for key in ("dropout", "droppath"):
+        train_cfg.setdefault(key, DEFAULTS["train_cfg"][key])
     config["output_folder"] = str(WORK / "work" / "ckpt")
     name = f"{base.stem}_{max_seq_len}"
     if epochs is not None:
@@ -671,7 +679,8 @@ def parent_main(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
     print(machine_line(a.threads))
     print(f"data {Path(a.data)}: {twin['subsets']} videos of {twin['durations'][0]:.0f}-{twin['durations'][1]:.0f} s, "
-          f"{twin['channels']}-d features, {twin['classes']} classes; config {a.config} (paths, max_seq_len replaced)")
+          f"{twin['channels']}-d features, {twin['classes']} classes; config {a.config} (paths, max_seq_len replaced; "
+          f"dropout, droppath written out)")
     print(f"training: {a.warmup} warm-up + {a.iters} timed iterations; inference: 1 warm-up + "
           f"{a.videos or 'all'} test videos; {a.rounds} round(s), interleaved")
     speed_runs(a, configs, sides, pythons)

@@ -156,6 +156,22 @@ def test_channels_last_conv_equals_conv1d(kernel: int, stride: int, groups: int,
         torch.testing.assert_close(g, r, **({"rtol": 5e-2, "atol": 5e-2} if bf16 else {}))
 
 
+def test_strided_grouped_conv_trains_in_fp32_under_bf16_autocast() -> None:
+    """oneDNN's bf16 backward of this conv is slow: with gradients it computes in fp32, exactly;
+    without (inference) it stays bf16."""
+    gen = torch.Generator().manual_seed(0)
+    conv = ChannelsLastConv1d(8, 8, 3, stride=2, padding=1, groups=8)
+    x = torch.randn(2, 16, 8, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x.bfloat16())
+        with torch.no_grad():
+            assert conv(x).dtype == torch.bfloat16
+    ref = F.conv1d(x.bfloat16().float().transpose(1, 2), conv.weight, None, 2, 1, 1, 8).transpose(1, 2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref + conv.bias)
+    torch.testing.assert_close(*(torch.autograd.grad(y.sum(), conv.weight)[0] for y in (out, ref)))
+
+
 def same_candidates(x: dict[str, Tensor], y: dict[str, Tensor]) -> None:
     """Equal candidates up to fp32 rounding. Both lists are sorted by score, so two candidates whose
     scores differ by a rounding error may come in either order: the scores are compared as sorted

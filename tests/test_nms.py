@@ -234,6 +234,17 @@ def test_many_classes_unbalanced_matches_reference():
     check_against_reference(segs, scores, labels, method="soft", max_seg_num=7)
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("method", ["soft", "hard"])
+@pytest.mark.parametrize("max_seg_num", [1, 6, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dropping_what_cannot_make_the_cut_matches_reference(seed, method, max_seg_num, dtype):
+    """Many rows, each with more candidates than the cut: after the first checks the candidates
+    below the max_seg_num-th best pick are dropped; pooled scores put ties right at that bar."""
+    segs, scores, labels = random_case(30 + seed, 900, 12, dtype=dtype)
+    check_against_reference(segs, scores, labels, method=method, max_seg_num=max_seg_num)
+
+
 def test_tiny_sigma_no_nan():
     segs, scores, labels = random_case(13, 200, 4)
     check_against_reference(segs, scores, labels, method="soft", sigma=1e-4, min_score=0.0)

@@ -12,8 +12,11 @@ returns the first maximum, i.e. the lowest index among ties), then decays (soft)
 (hard) the rest of each row against its own pick. A row whose maximum is below `min_score` is
 finished; since the picked scores are non-increasing within a row, at most `max_seg_num`
 iterations are ever needed. Every few iterations dead candidates and finished rows are
-squeezed out of the matrix so long runs get cheaper as they go. The only Python loop is over
-iterations. Segment voting looks, for each kept segment, only at the window of candidates
+squeezed out of the matrix so long runs get cheaper as they go. Once `max_seg_num` picks are
+in, a candidate scoring below the `max_seg_num`-th best of them is dead too: scores only
+decay, so neither its pick nor any later pick of its row (all scoring below it) can make the
+final cut. On THUMOS14-sized videos that halves the work, the output unchanged. The only
+Python loop is over iterations. Segment voting looks, for each kept segment, only at the window of candidates
 (sorted by start) that can reach the IoU threshold, instead of at all of them.
 
 Numerics. Scores are kept in float32 (float64 for float64 input) exactly like a scalar loop
@@ -134,10 +137,16 @@ def _greedy_nms(
     picked_idx: list[Tensor] = []
     picked_score: list[Tensor] = []
     rows, cols = num_groups, width
+    best_picks, seen, num_picked = scores[:0], 0, 0
     # every iteration takes one candidate out of each row: `width` iterations empty them all
     for it in range(min(max_picks, width)):
         if it and it % check_every == 0:
-            alive = S >= thr
+            floor: Tensor | float = thr
+            if num_picked >= max_picks:
+                best_picks = _best(torch.cat([best_picks, *picked_score[seen:]]), max_picks)
+                seen = len(picked_score)
+                floor = best_picks[-1].clamp(min=thr)
+            alive = S >= floor
             alive_per_row = alive.sum(1)
             longest, live_rows = torch.stack((alive_per_row.max(), (alive_per_row > 0).sum())).tolist()
             if longest == 0:
@@ -156,6 +165,7 @@ def _greedy_nms(
         jj = j.unsqueeze(1)
         picked_idx.append(idx.gather(1, jj).squeeze(1))
         picked_score.append(best)
+        num_picked += rows
 
         p = XL.gather(2, jj.expand(3, rows, 1))  # picked -start, end, length: [3, rows, 1]
         m = torch.minimum(XL[:2], p[:2])  # -max(starts), min(ends)
@@ -180,6 +190,11 @@ def _greedy_nms(
     sel_scores = torch.cat(picked_score)
     valid = sel_scores >= thr
     return sel[valid], sel_scores[valid]
+
+
+def _best(scores: Tensor, k: int) -> Tensor:
+    """The k highest of `scores`, descending (all of them if fewer)."""
+    return scores.topk(min(k, scores.numel())).values
 
 
 def _seg_voting(kept: Tensor, all_segs: Tensor, all_scores: Tensor, thresh: float) -> Tensor:

@@ -16,8 +16,9 @@ squeezed out of the matrix so long runs get cheaper as they go. Once `max_seg_nu
 in, a candidate scoring below the `max_seg_num`-th best of them is dead too: scores only
 decay, so neither its pick nor any later pick of its row (all scoring below it) can make the
 final cut. On THUMOS14-sized videos that halves the work, the output unchanged. The only
-Python loop is over iterations. Segment voting looks, for each kept segment, only at the window of candidates
-(sorted by start) that can reach the IoU threshold, instead of at all of them.
+Python loop is over iterations. Segment voting looks, for each kept segment, only at the
+window of candidates (sorted by start) that can reach the IoU threshold, instead of at all of
+them.
 
 Numerics. Scores are kept in float32 (float64 for float64 input) exactly like a scalar loop
 would keep them, but IoU and the decay factor ``exp(-IoU**2 / sigma)`` are computed in float64
@@ -143,7 +144,8 @@ def _greedy_nms(
         if it and it % check_every == 0:
             floor: Tensor | float = thr
             if num_picked >= max_picks:
-                best_picks = _best(torch.cat([best_picks, *picked_score[seen:]]), max_picks)
+                # at least max_picks scores: every pick so far is in the best or among the new
+                best_picks = torch.cat([best_picks, *picked_score[seen:]]).topk(max_picks).values
                 seen = len(picked_score)
                 floor = best_picks[-1].clamp(min=thr)
             alive = S >= floor
@@ -190,11 +192,6 @@ def _greedy_nms(
     sel_scores = torch.cat(picked_score)
     valid = sel_scores >= thr
     return sel[valid], sel_scores[valid]
-
-
-def _best(scores: Tensor, k: int) -> Tensor:
-    """The k highest of `scores`, descending (all of them if fewer)."""
-    return scores.topk(min(k, scores.numel())).values
 
 
 def _seg_voting(kept: Tensor, all_segs: Tensor, all_scores: Tensor, thresh: float) -> Tensor:
